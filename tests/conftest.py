@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny generated image folders and Hydra configs composed for tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+# Colours that make the tiny classes learnable, so accuracy is not a constant.
+CLASS_COLOURS = {"cat": (200, 60, 40), "dog": (40, 80, 200), "owl": (60, 180, 60)}
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int], seed: int) -> None:
+    """A noisy image of one colour, ``size`` as (width, height)."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(colour, 30, size=(size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def make_image_folder(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    """Write ``layout`` = {split: {class: count}} as root/split/class/i.jpg (sizes vary, 40..71 px)."""
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            for index in range(count):
+                size = (40 + 7 * index % 32, 48 + 5 * index % 24)
+                write_image(root / split / name / f"{index}.jpg", CLASS_COLOURS.get(name, (128, 128, 128)), size, index)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes: 6 train images each, 3 test images each (no val/)."""
+    return make_image_folder(tmp_path / "images", {"train": {"cat": 6, "dog": 6}, "test": {"cat": 3, "dog": 3}})
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """Compose conf/train.yaml with ``overrides``, outputs under ``output_dir`` (Hydra's run dir is not set here)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+TINY_RUN = [
+    "data=image_folder",
+    "model=vit_micro",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_epochs=2",
+    "model.optimizer.lr=3e-3",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.fixture
+def tiny_config(image_folder: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Build a config for a fast run of the micro ViT on ``image_folder``: ``tiny_config(*extra_overrides)``."""
+
+    def build(*overrides: str) -> DictConfig:
+        return compose_config([*TINY_RUN, f"data.root={image_folder}", *overrides], output_dir=tmp_path / "run")
+
+    return build
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The shared real datasets (``VITLIT_DATA_DIR``; CI sets it to ../shared/data)."""
+    value = os.environ.get("VITLIT_DATA_DIR")
+    if not value or not (Path(value) / "pizza_steak_sushi" / "train").is_dir():
+        pytest.skip("set VITLIT_DATA_DIR to a folder holding pizza_steak_sushi/ to run the integration tests")
+    return Path(value).resolve()

@@ -1,0 +1,131 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vitlit import ViT
+from vitlit.model import MultiheadSelfAttentionBlock, resample_position_embedding
+
+MICRO = dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128)
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_vit_b16_with_three_classes_has_the_reference_parameter_count():
+    assert count(ViT(num_classes=3)) == 85_800_963
+
+
+def test_vit_b16_with_1000_classes_has_as_many_parameters_as_torchvision_vit_b_16():
+    reference = torchvision.models.vit_b_16(weights=None)
+    assert count(ViT(num_classes=1000)) == count(reference) == 86_567_656
+
+
+def test_module_tree_keeps_the_reference_names_and_per_block_counts():
+    model = ViT(num_classes=3)
+    assert [name for name, _ in model.named_children()] == [
+        "patch_embedding",
+        "embedding_dropout",
+        "transformer_encoder",
+        "classifier",
+    ]
+    own = sum(p.numel() for name, p in model.named_parameters() if "." not in name)
+    assert own == 152_064  # class token 768 + position 197 x 768
+    patcher = model.patch_embedding.patcher
+    assert (patcher.in_channels, patcher.out_channels, patcher.kernel_size, patcher.stride) == (
+        3,
+        768,
+        (16, 16),
+        (16, 16),
+    )
+    assert len(model.transformer_encoder) == 12
+    for block in model.transformer_encoder:
+        assert count(block.msa_block) == 2_363_904
+        assert count(block.mlp_block) == 4_723_968
+    assert isinstance(model.classifier.norm, nn.LayerNorm)
+    assert model.classifier.head.out_features == 3
+
+
+def test_forward_maps_images_to_logits_and_features_to_tokens():
+    model = ViT(num_classes=5, **MICRO).eval()
+    images = torch.randn(2, 3, 224, 224)
+    assert model.forward_features(images).shape == (2, 197, 64)
+    assert model(images).shape == (2, 5)
+
+
+def test_a_new_model_predicts_uniformly_because_its_head_starts_at_zero():
+    model = ViT(num_classes=4, **MICRO).eval()
+    logits = model(torch.randn(3, 3, 224, 224))
+    assert torch.equal(logits, torch.zeros(3, 4))
+
+
+def test_tokens_are_initialised_with_truncated_normal_of_std_002():
+    model = ViT(num_classes=3)
+    for parameter in (model.class_embedding, model.position_embedding):
+        assert 0.015 < parameter.std().item() < 0.025
+        assert parameter.abs().max().item() <= 2.0
+    assert model.position_embedding.abs().max().item() < 0.2  # not torch.randn's std 1
+
+
+def test_attention_equals_torch_multihead_attention_with_the_same_weights():
+    torch.manual_seed(0)
+    block = MultiheadSelfAttentionBlock(embed_dim=768, num_heads=12).eval()
+    for parameter in block.parameters():
+        nn.init.normal_(parameter, std=0.05)
+    reference = nn.MultiheadAttention(768, 12, batch_first=True).eval()
+    reference.in_proj_weight.data.copy_(block.qkv.weight)
+    reference.in_proj_bias.data.copy_(block.qkv.bias)
+    reference.out_proj.weight.data.copy_(block.proj.weight)
+    reference.out_proj.bias.data.copy_(block.proj.bias)
+    tokens = torch.randn(2, 197, 768)
+    normed = block.layer_norm(tokens)
+    expected, _ = reference(normed, normed, normed, need_weights=False)
+    assert (block(tokens) - expected).abs().max().item() <= 1e-5
+
+
+def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():
+    model = ViT(num_classes=3, **MICRO, embedding_dropout=0.5)
+    nn.init.normal_(model.classifier.head.weight)
+    images = torch.randn(2, 3, 224, 224)
+    model.eval()
+    assert torch.equal(model(images), model(images))
+    model.train()
+    assert not torch.equal(model(images), model(images))
+
+
+def test_other_input_sizes_resample_the_position_embedding():
+    model = ViT(num_classes=3, **MICRO).eval()
+    assert model(torch.randn(1, 3, 288, 320)).shape == (1, 3)
+    resampled = resample_position_embedding(model.position_embedding, (18, 20))
+    assert resampled.shape == (1, 1 + 18 * 20, 64)
+    assert torch.equal(resampled[:, 0], model.position_embedding[:, 0])
+    assert resample_position_embedding(model.position_embedding, (14, 14)) is model.position_embedding
+
+
+def test_an_input_not_divisible_by_the_patch_size_is_a_clear_error():
+    model = ViT(num_classes=3, **MICRO)
+    with pytest.raises(ValueError, match="not divisible by the patch size 16"):
+        model(torch.randn(1, 3, 230, 224))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(embed_dim=100, num_heads=12), "embed_dim=100 is not divisible by num_heads=12"),
+        (dict(image_size=225), "image_size=225 is not divisible by patch_size=16"),
+        (dict(num_classes=0), "num_classes must be a positive integer"),
+        (dict(depth=2.5), "depth must be a positive integer"),
+        (dict(mlp_dropout=1.0), "mlp_dropout must be a probability"),
+    ],
+)
+def test_impossible_shapes_raise_a_value_error_naming_the_argument(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ViT(**arguments)
+
+
+def test_reset_classifier_replaces_the_head_with_a_zero_one_of_the_new_size():
+    model = ViT(num_classes=3, **MICRO)
+    model.reset_classifier(7)
+    assert model.classifier.head.out_features == 7 == model.num_classes
+    assert model.classifier.head.weight.abs().sum() == 0

@@ -1,0 +1,256 @@
+"""Image-folder data: layout checks, the optional dataset download, and the LightningDataModule.
+
+Expected layout (torchvision ``ImageFolder`` compatible; classes are the sorted folder names)::
+
+    root/train/<class>/*.jpg      required
+    root/val/<class>/*.jpg        validation, when present
+    root/test/<class>/*.jpg       test, when present
+
+Validation uses ``val/`` when present, else ``test/``; testing uses ``test/`` when present, else ``val/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp"})
+
+
+@dataclass(frozen=True)
+class ImageFolderSplit:
+    """One split folder: its class names (sorted) and (path, class index) samples."""
+
+    path: Path
+    classes: tuple[str, ...]
+    samples: tuple[tuple[str, int], ...]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.classes, 0)
+        for _, label in self.samples:
+            counts[self.classes[label]] += 1
+        return counts
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def scan_split(path: Path) -> ImageFolderSplit:
+    """List ``path/<class>/**/<image>``; raise a clear error for a missing split or an empty class.
+
+    Non-image files (``.DS_Store``, notes) and hidden folders are ignored.
+    """
+    if not path.is_dir():
+        raise FileNotFoundError(f"split folder {path} does not exist; expected {path}/<class>/<image>.jpg")
+    classes = tuple(sorted(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith(".")))
+    if not classes:
+        raise ValueError(f"split folder {path} has no class folders; expected {path}/<class>/<image>.jpg")
+    samples = []
+    for label, name in enumerate(classes):
+        images = sorted(str(p) for p in (path / name).rglob("*") if _is_image(p))
+        if not images:
+            raise ValueError(
+                f"class folder {path / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "add images to it or remove it"
+            )
+        samples.extend((image, label) for image in images)
+    return ImageFolderSplit(path, classes, tuple(samples))
+
+
+def check_same_classes(reference: ImageFolderSplit, other: ImageFolderSplit) -> None:
+    """Raise if two splits do not hold the same class folders (labels would silently disagree)."""
+    if reference.classes != other.classes:
+        only_reference = sorted(set(reference.classes) - set(other.classes))
+        only_other = sorted(set(other.classes) - set(reference.classes))
+        raise ValueError(
+            f"class folders differ between {reference.path} and {other.path}: "
+            f"only in {reference.path.name}/: {only_reference or 'none'}; "
+            f"only in {other.path.name}/: {only_other or 'none'}. "
+            "Every split needs the same class folders."
+        )
+
+
+def load_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor (3, H, W), upright as its EXIF orientation says."""
+    with Image.open(path) as image:
+        return pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+class ImageFolderDataset(Dataset):
+    """Decodes ``samples[i]`` to a uint8 RGB tensor (EXIF rotation applied) and applies ``transform``.
+
+    Returns (image, label): image as produced by ``transform`` (3, S, S), label an int.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_rgb(path)), label
+
+
+def download_and_extract(url: str, root: Path, sha256: str, size: int | None = None) -> None:
+    """Download the zip at ``url``, verify its SHA-256, and extract it so that ``root/train`` exists.
+
+    Works in a temporary folder beside ``root`` and moves the result into place at the end, so an
+    interrupted download never leaves a half-written dataset; an existing ``root`` is never touched.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-download-") as work:
+        archive = Path(work) / "archive.zip"
+        log.info("downloading %s to %s", url, root)
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as file:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    file.write(chunk)
+        except (urllib.error.URLError, OSError) as error:
+            raise RuntimeError(
+                f"no data at {root}, and downloading it from {url} failed ({error}). "
+                f"If this machine is offline, copy the images to {root} "
+                "(layout train/<class>/*.jpg, test/<class>/*.jpg) "
+                "or point data.root=/path/to/images (or the VITLIT_DATA_DIR environment variable) at a local copy."
+            ) from error
+        if size is not None and archive.stat().st_size != size:
+            raise RuntimeError(f"download from {url} has {archive.stat().st_size} bytes, expected {size}; try again")
+        if digest.hexdigest() != sha256:
+            raise RuntimeError(f"download from {url} has sha256 {digest.hexdigest()}, expected {sha256}; try again")
+        extracted = Path(work) / "extracted"
+        with zipfile.ZipFile(archive) as zip_file:
+            zip_file.extractall(extracted)
+        # Archives hold either train/ at their top or one folder that holds it.
+        tops = [p for p in extracted.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+        content = tops[0] if len(tops) == 1 and not (extracted / "train").is_dir() else extracted
+        if not (content / "train").is_dir():
+            raise RuntimeError(f"the archive from {url} has no train/ folder; it is not an image-folder dataset")
+        if not root.exists():
+            content.rename(root)
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Train/validation/test loaders over an image folder (see the module docstring for the layout).
+
+    Batches are (images float32 (B, 3, S, S) normalised with ``mean``/``std``, labels int64 (B,)).
+    ``download`` (``{url, sha256, size}``) fetches the dataset when ``root`` does not exist.
+    ``num_workers=None`` uses every CPU core this process may run on; ``pin_memory=None`` pins when CUDA is available.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        image_size: int = 224,
+        train_crop_scale: Sequence[float] = (0.08, 1.0),
+        horizontal_flip: float = 0.5,
+        auto_augment: str | None = None,
+        eval_crop_fraction: float = 0.875,
+        interpolation: str = "bilinear",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        download: dict | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.root = Path(root).expanduser().resolve()
+        self.batch_size = batch_size
+        self.num_workers = len(os.sched_getaffinity(0)) if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.download = download
+        self.train_transform = train_transform(
+            image_size, train_crop_scale, horizontal_flip, auto_augment, interpolation, mean, std
+        )
+        self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std)
+        self.splits: dict[str, ImageFolderSplit] = {}
+        self.datasets: dict[str, ImageFolderDataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.root.exists():
+            return
+        if not self.download:
+            raise FileNotFoundError(
+                f"no image folder at {self.root}; expected {self.root}/train/<class>/*.jpg and "
+                f"{self.root}/val/ or {self.root}/test/. Point data.root=/path/to/images at your data."
+            )
+        download_and_extract(self.download["url"], self.root, self.download["sha256"], self.download.get("size"))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class folder names of the train split, in label order."""
+        return self._split("train").classes
+
+    def _split(self, name: str) -> ImageFolderSplit:
+        if name not in self.splits:
+            self.splits[name] = scan_split(self.root / name)
+        return self.splits[name]
+
+    def stage_folders(self) -> dict[str, str]:
+        """Which split folder each stage reads: {"train": "train", "val": "val"|"test", "test": "test"|"val"}."""
+        present = [name for name in ("val", "test") if (self.root / name).is_dir()]
+        if not present:
+            raise FileNotFoundError(
+                f"{self.root} has neither val/ nor test/; add one (laid out like {self.root}/train/<class>/*.jpg)"
+            )
+        return {"train": "train", "val": present[0], "test": present[-1]}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        folders = self.stage_folders()
+        train = self._split("train")
+        for stage_name, folder in folders.items():
+            split = self._split(folder)
+            check_same_classes(train, split)
+            transform = self.train_transform if stage_name == "train" else self.eval_transform
+            self.datasets[stage_name] = ImageFolderDataset(split.samples, transform)
+        log.info("classes: %s", ", ".join(train.classes))
+        for stage_name, folder in folders.items():
+            split = self.splits[folder]
+            counts = ", ".join(f"{name} {count}" for name, count in split.class_counts().items())
+            log.info("%-5s uses %s (%d images: %s)", stage_name, split.path, len(split.samples), counts)
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[stage],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,295 @@
+"""A Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words") in plain PyTorch.
+
+The module tree reads like the paper and like the notebook vitlit replaces::
+
+    ViT
+    ├─ patch_embedding      PatchEmbedding: Conv2d(3 -> D, kernel=stride=patch) + Flatten
+    ├─ class_embedding      (1, 1, D) learned token prepended to the patch tokens
+    ├─ position_embedding   (1, 1 + N, D) learned, added to every token
+    ├─ embedding_dropout
+    ├─ transformer_encoder  depth x TransformerEncoderBlock (pre-norm, residual around each half)
+    │   ├─ msa_block        LayerNorm -> multi-head self-attention (fused qkv, SDPA)
+    │   └─ mlp_block        LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D)
+    └─ classifier           LayerNorm(D) + Linear(D, classes) on the class token
+
+The classifier's LayerNorm plays the role of the encoder's final norm in torchvision and timm;
+LayerNorm acts on each token alone, so normalising only the class token gives the same logits.
+Parameter layouts (fused qkv rows ordered q, k, v) match torchvision's ``in_proj`` and timm's
+``qkv`` so their checkpoints map onto this model by renaming keys alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchEmbedding(nn.Module):
+    """Cuts an image into non-overlapping patches and projects each to a token.
+
+    Input (B, C, H, W) -> output (B, H/patch * W/patch, D), patches in row-major order.
+    """
+
+    def __init__(self, in_channels: int = 3, patch_size: int = 16, embed_dim: int = 768):
+        super().__init__()
+        self.patch_size = patch_size
+        self.patcher = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.flatten = nn.Flatten(start_dim=2, end_dim=3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the patch size {self.patch_size}; "
+                "resize or crop the images to a multiple of it"
+            )
+        return self.flatten(self.patcher(images)).transpose(1, 2)
+
+
+class MultiheadSelfAttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention: LayerNorm -> fused qkv -> attention -> output projection.
+
+    (B, N, D) -> (B, N, D). The caller adds the residual.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        attention_dropout: float = 0.0,
+        layer_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, length, width = tokens.shape
+        qkv = self.qkv(self.layer_norm(tokens))
+        # (B, N, 3, heads, head_dim) -> three tensors of (B, heads, N, head_dim)
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        dropout = self.attention_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class MLPBlock(nn.Module):
+    """Pre-norm feed-forward: LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D), dropout after each Linear.
+
+    (B, N, D) -> (B, N, D). The caller adds the residual.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        mlp_dim: int = 3072,
+        dropout: float = 0.0,
+        layer_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.fc1 = nn.Linear(embed_dim, mlp_dim)
+        self.gelu = nn.GELU()
+        self.fc2 = nn.Linear(mlp_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.gelu(self.fc1(self.layer_norm(tokens))))
+        return self.dropout(self.fc2(hidden))
+
+
+class TransformerEncoderBlock(nn.Module):
+    """One encoder layer: x + msa_block(x), then x + mlp_block(x). (B, N, D) -> (B, N, D)."""
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        attention_dropout: float = 0.0,
+        mlp_dropout: float = 0.0,
+        layer_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.msa_block = MultiheadSelfAttentionBlock(embed_dim, num_heads, attention_dropout, layer_norm_eps)
+        self.mlp_block = MLPBlock(embed_dim, mlp_dim, mlp_dropout, layer_norm_eps)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens + self.msa_block(tokens)
+        return tokens + self.mlp_block(tokens)
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier. Defaults build ViT-B/16 at 224x224 (86.6M parameters at 1000 classes).
+
+    Args:
+        num_classes: size of the classifier output.
+        image_size: side of the square input the position embedding is laid out for.
+        patch_size: side of each square patch; ``image_size`` must be a multiple of it.
+        in_channels: image channels.
+        embed_dim: token width D; must be divisible by ``num_heads``.
+        depth: number of encoder blocks.
+        num_heads: attention heads per block.
+        mlp_dim: hidden width M of each MLP block.
+        embedding_dropout: dropout on tokens after adding position embeddings.
+        attention_dropout: dropout on attention weights.
+        mlp_dropout: dropout after each MLP linear layer.
+        layer_norm_eps: epsilon of every LayerNorm (1e-6 as in torchvision, timm and JAX).
+
+    ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
+    ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        embedding_dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        mlp_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        _check_arguments(
+            num_classes=num_classes,
+            image_size=image_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            embedding_dropout=embedding_dropout,
+            attention_dropout=attention_dropout,
+            mlp_dropout=mlp_dropout,
+        )
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        num_patches = (image_size // patch_size) ** 2
+
+        self.patch_embedding = PatchEmbedding(in_channels, patch_size, embed_dim)
+        self.class_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.position_embedding = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.transformer_encoder = nn.Sequential(
+            *(
+                TransformerEncoderBlock(embed_dim, num_heads, mlp_dim, attention_dropout, mlp_dropout, layer_norm_eps)
+                for _ in range(depth)
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
+                head=nn.Linear(embed_dim, num_classes),
+            )
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as timm does for ViT: truncated normal(0.02) for tokens and linear weights,
+        zero biases, and a zero classifier head (so training starts from uniform predictions)."""
+        nn.init.trunc_normal_(self.class_embedding, std=0.02)
+        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # The patch projection is a linear map of flattened patches: LeCun-normal on its fan-in (timm, JAX).
+        patcher = self.patch_embedding.patcher
+        nn.init.trunc_normal_(patcher.weight, std=math.sqrt(1.0 / patcher.weight[0].numel()))
+        nn.init.zeros_(patcher.bias)
+        self.reset_classifier(self.num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier's linear layer with a zero-initialised one of ``num_classes`` outputs."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        old = self.classifier.head
+        self.classifier.head = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        nn.init.zeros_(self.classifier.head.weight)
+        nn.init.zeros_(self.classifier.head.bias)
+        self.num_classes = num_classes
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that weight decay should skip (besides biases and norm weights)."""
+        return {"class_embedding", "position_embedding"}
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> encoded tokens (B, 1 + N, D), class token first, before the final norm."""
+        tokens = self.patch_embedding(images)
+        class_token = self.class_embedding.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([class_token, tokens], dim=1)
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        tokens = tokens + resample_position_embedding(self.position_embedding, grid)
+        return self.transformer_encoder(self.embedding_dropout(tokens))
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off the class token."""
+        return self.classifier(tokens[:, 0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+
+def resample_position_embedding(position_embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resample a (1, 1 + h*w, D) position embedding (square h = w grid) to ``grid``.
+
+    The class token's entry is kept as is. Returns the input unchanged when the grid already matches.
+    """
+    num_patches = position_embedding.shape[1] - 1
+    if num_patches == grid[0] * grid[1]:
+        return position_embedding
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"cannot resample a position embedding of {num_patches} patches: not a square grid")
+    class_pos, patch_pos = position_embedding[:, :1], position_embedding[:, 1:]
+    patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(position_embedding.dtype).permute(0, 2, 3, 1).flatten(1, 2)
+    return torch.cat([class_pos, patch_pos], dim=1)
+
+
+def _check_arguments(**arguments: float) -> None:
+    for name in (
+        "num_classes",
+        "image_size",
+        "patch_size",
+        "in_channels",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_dim",
+    ):
+        value = arguments[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"ViT argument {name} must be a positive integer, got {value!r}")
+    for name in ("embedding_dropout", "attention_dropout", "mlp_dropout"):
+        if not 0.0 <= arguments[name] < 1.0:
+            raise ValueError(f"ViT argument {name} must be a probability in [0, 1), got {arguments[name]!r}")
+    if arguments["embed_dim"] % arguments["num_heads"]:
+        raise ValueError(
+            f"ViT embed_dim={arguments['embed_dim']} is not divisible by num_heads={arguments['num_heads']}; "
+            "pick a width that is a multiple of the head count (e.g. 768 with 12 heads)"
+        )
+    if arguments["image_size"] % arguments["patch_size"]:
+        raise ValueError(
+            f"ViT image_size={arguments['image_size']} is not divisible by patch_size={arguments['patch_size']}; "
+            "pick an image size that is a multiple of the patch size (e.g. 224 with 16)"
+        )

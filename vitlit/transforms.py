@@ -1,0 +1,68 @@
+"""Image pipelines (torchvision transforms v2): uint8 image tensor (3, H, W) -> normalised float (3, S, S)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+AUTO_AUGMENTS = {
+    "trivialaugment": v2.TrivialAugmentWide,  # Müller & Hutter 2021
+    "randaugment": v2.RandAugment,  # Cubuk et al. 2020
+    "augmix": v2.AugMix,  # Hendrycks et al. 2020
+}
+
+
+def _interpolation(name: str) -> v2.InterpolationMode:
+    try:
+        return v2.InterpolationMode(name.lower())
+    except ValueError:
+        choices = ", ".join(mode.value for mode in v2.InterpolationMode)
+        raise ValueError(f"data.interpolation={name!r} is not one of: {choices}") from None
+
+
+def train_transform(
+    image_size: int = 224,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    horizontal_flip: float = 0.5,
+    auto_augment: str | None = None,
+    interpolation: str = "bilinear",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Random resized crop, horizontal flip, optional automatic augmentation, then normalisation."""
+    steps = [
+        v2.RandomResizedCrop(
+            image_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
+        ),
+        v2.RandomHorizontalFlip(horizontal_flip),
+    ]
+    if auto_augment:
+        if auto_augment not in AUTO_AUGMENTS:
+            raise ValueError(f"data.auto_augment={auto_augment!r} is not one of: {', '.join(AUTO_AUGMENTS)} (or null)")
+        steps.append(AUTO_AUGMENTS[auto_augment]())  # these policies work on uint8 images
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def eval_transform(
+    image_size: int = 224,
+    crop_fraction: float = 0.875,
+    interpolation: str = "bilinear",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Resize the shorter side to ``image_size / crop_fraction`` (256 for 224), then centre-crop ``image_size``."""
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"data.eval_crop_fraction must be in (0, 1], got {crop_fraction}")
+    return v2.Compose(
+        [
+            v2.Resize(round(image_size / crop_fraction), interpolation=_interpolation(interpolation), antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
