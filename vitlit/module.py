@@ -85,8 +85,11 @@ class ViTClassifier(L.LightningModule):
         smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         accuracy(logits, labels)
-        # batch_size makes the epoch loss a mean over images, not over batches.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # batch_size makes the epoch loss a mean over images, not over batches; sync_dist averages it
+        # across processes at epoch end (the accuracy metric objects sync themselves).
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True
+        )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

@@ -78,12 +78,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no best checkpoint was saved; testing the weights as they are after the last epoch")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_scalars(trainer.callback_metrics))
-        log.info(
-            "Test: test_loss: %.4f | test_acc: %.4f (%s)",
-            metrics["test/loss"],
-            metrics["test/acc"],
-            best or "last weights",
-        )
+        if trainer.is_global_zero:
+            log.info(
+                "Test: test_loss: %.4f | test_acc: %.4f (%s)",
+                metrics["test/loss"],
+                metrics["test/acc"],
+                best or "last weights",
+            )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: value for key, value in resolved.items() if key in HPARAM_SECTIONS}
