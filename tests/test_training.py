@@ -113,3 +113,13 @@ def test_overfit_preset_memorises_a_batch(tiny_config):
     metrics = train(tiny_config("debug=overfit", "trainer.max_epochs=15", "model.optimizer.lr=3e-3", "test=false"))
     assert metrics["train/acc"] == 1.0
     assert metrics["train/loss"] < 0.3
+
+
+def test_freeze_backbone_changes_only_the_classifier_head(tiny_config, tmp_path):
+    cfg = tiny_config("debug=fast", "model.freeze_backbone=true", "model.optimizer.lr=0.1")
+    train(cfg)
+    torch.manual_seed(cfg.seed)  # train() seeds the same way before building the module
+    initial = ViTClassifier(net=dict(cfg.model.net), class_names=["cat", "dog"]).state_dict()
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    changed = {name for name, value in trained.items() if not torch.equal(value, initial[name])}
+    assert changed == {"model.classifier.head.weight", "model.classifier.head.bias"}

@@ -152,6 +152,13 @@ def download_and_extract(url: str, root: Path, sha256: str, size: int | None = N
             content.rename(root)
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity where the OS has one, e.g. under SLURM or taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class ImageFolderDataModule(L.LightningDataModule):
     """Train/validation/test loaders over an image folder (see the module docstring for the layout).
 
@@ -181,7 +188,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
         self.root = Path(root).expanduser().resolve()
         self.batch_size = batch_size
-        self.num_workers = len(os.sched_getaffinity(0)) if num_workers is None else num_workers
+        self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.download = download
         self.train_transform = train_transform(
