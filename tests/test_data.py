@@ -35,7 +35,7 @@ def test_batches_are_normalised_float_images_and_integer_labels(image_folder: Pa
     assert images.min() < 0  # normalised, not in [0, 1]
 
 
-def test_eval_pipeline_normalises_with_imagenet_statistics(tmp_path: Path):
+def test_eval_pipeline_normalises_with_imagenet_statistics():
     white = torch.full((3, 300, 400), 255, dtype=torch.uint8)
     out = eval_transform(224)(white)
     assert out.shape == (3, 224, 224)

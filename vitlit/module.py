@@ -49,8 +49,8 @@ class ViTClassifier(L.LightningModule):
         super().__init__()
         # The factories are code, not hyperparameters: the run's config records them.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.model = ViT(num_classes=len(class_names), **net)
-        self.class_names = list(class_names)
+        num_classes = len(class_names)
+        self.model = ViT(num_classes=num_classes, **net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
@@ -59,7 +59,6 @@ class ViTClassifier(L.LightningModule):
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
 
-        num_classes = len(class_names)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
