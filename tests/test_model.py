@@ -94,6 +94,19 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():
     assert not torch.equal(model(images), model(images))
 
 
+def test_stochastic_depth_rises_linearly_and_drops_whole_residual_branches_per_sample():
+    model = ViT(num_classes=3, embed_dim=64, depth=3, num_heads=4, mlp_dim=128, drop_path_rate=0.2)
+    assert [block.drop_path.rate for block in model.transformer_encoder] == pytest.approx([0.0, 0.1, 0.2])
+    drop = model.transformer_encoder[2].drop_path.train()
+    branch = torch.ones(1000, 5, 64)
+    dropped = drop(branch)
+    per_sample = dropped[:, 0, 0]
+    assert per_sample.unique().tolist() == pytest.approx([0.0, 1 / 0.8])
+    assert torch.equal(dropped, per_sample[:, None, None].expand_as(dropped))
+    assert 100 < int((per_sample == 0).sum()) < 300
+    assert torch.equal(drop.eval()(branch), branch)
+
+
 def test_other_input_sizes_resample_the_position_embedding():
     model = ViT(num_classes=3, **MICRO).eval()
     assert model(torch.randn(1, 3, 288, 320)).shape == (1, 3)
@@ -117,6 +130,7 @@ def test_an_input_not_divisible_by_the_patch_size_is_a_clear_error():
         (dict(num_classes=0), "num_classes must be a positive integer"),
         (dict(depth=2.5), "depth must be a positive integer"),
         (dict(mlp_dropout=1.0), "mlp_dropout must be a probability"),
+        (dict(drop_path_rate=-0.1), "drop_path_rate must be a probability"),
     ],
 )
 def test_impossible_shapes_raise_a_value_error_naming_the_argument(arguments, message):

@@ -105,8 +105,30 @@ class MLPBlock(nn.Module):
         return self.dropout(self.fc2(hidden))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, zero a residual branch for a random subset of
+    samples and rescale the rest by 1 / (1 - rate). The identity in eval mode or at rate 0."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return branch
+        keep = 1.0 - self.rate
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep)
+        return branch * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
 class TransformerEncoderBlock(nn.Module):
-    """One encoder layer: x + msa_block(x), then x + mlp_block(x). (B, N, D) -> (B, N, D)."""
+    """One encoder layer: x + msa_block(x), then x + mlp_block(x). (B, N, D) -> (B, N, D).
+
+    With ``drop_path > 0`` each residual branch is dropped per sample during training (stochastic depth).
+    """
 
     def __init__(
         self,
@@ -116,14 +138,16 @@ class TransformerEncoderBlock(nn.Module):
         attention_dropout: float = 0.0,
         mlp_dropout: float = 0.0,
         layer_norm_eps: float = 1e-6,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.msa_block = MultiheadSelfAttentionBlock(embed_dim, num_heads, attention_dropout, layer_norm_eps)
         self.mlp_block = MLPBlock(embed_dim, mlp_dim, mlp_dropout, layer_norm_eps)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens + self.msa_block(tokens)
-        return tokens + self.mlp_block(tokens)
+        tokens = tokens + self.drop_path(self.msa_block(tokens))
+        return tokens + self.drop_path(self.mlp_block(tokens))
 
 
 class ViT(nn.Module):
@@ -142,6 +166,8 @@ class ViT(nn.Module):
         attention_dropout: dropout on attention weights.
         mlp_dropout: dropout after each MLP linear layer.
         layer_norm_eps: epsilon of every LayerNorm (1e-6 as in torchvision, timm and JAX).
+        drop_path_rate: stochastic depth rate of the last block; block i uses rate * i / (depth - 1)
+            (DeiT, timm). 0 disables it.
 
     ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -161,6 +187,7 @@ class ViT(nn.Module):
         attention_dropout: float = 0.0,
         mlp_dropout: float = 0.1,
         layer_norm_eps: float = 1e-6,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         _check_arguments(
@@ -175,6 +202,7 @@ class ViT(nn.Module):
             embedding_dropout=embedding_dropout,
             attention_dropout=attention_dropout,
             mlp_dropout=mlp_dropout,
+            drop_path_rate=drop_path_rate,
         )
         self.image_size = image_size
         self.patch_size = patch_size
@@ -185,10 +213,13 @@ class ViT(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.position_embedding = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
         self.embedding_dropout = nn.Dropout(embedding_dropout)
+        drop_path_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.transformer_encoder = nn.Sequential(
             *(
-                TransformerEncoderBlock(embed_dim, num_heads, mlp_dim, attention_dropout, mlp_dropout, layer_norm_eps)
-                for _ in range(depth)
+                TransformerEncoderBlock(
+                    embed_dim, num_heads, mlp_dim, attention_dropout, mlp_dropout, layer_norm_eps, rate
+                )
+                for rate in drop_path_rates
             )
         )
         self.classifier = nn.Sequential(
@@ -280,7 +311,7 @@ def _check_arguments(**arguments: float) -> None:
         value = arguments[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"ViT argument {name} must be a positive integer, got {value!r}")
-    for name in ("embedding_dropout", "attention_dropout", "mlp_dropout"):
+    for name in ("embedding_dropout", "attention_dropout", "mlp_dropout", "drop_path_rate"):
         if not 0.0 <= arguments[name] < 1.0:
             raise ValueError(f"ViT argument {name} must be a probability in [0, 1), got {arguments[name]!r}")
     if arguments["embed_dim"] % arguments["num_heads"]:
