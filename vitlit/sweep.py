@@ -93,6 +93,14 @@ def write_summary(rows: list[dict[str, Any]], path: Path, metric_names: tuple[st
             writer.writerow({**{c: row.get(c) for c in columns if c not in keys}, **overrides_by_key(row)})
 
 
+def short(value: str) -> str:
+    """An override value for the table: numbers to 4 significant digits (Optuna samples 16)."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 def overrides_by_key(row: dict[str, Any]) -> dict[str, str]:
     return dict(override.split("=", 1) for override in row["overrides"])
 
@@ -117,7 +125,7 @@ def summary_table(rows: list[dict[str, Any]], metric_names: tuple[str, ...], tit
         overrides = overrides_by_key(row)
         status = f"failed: {row['error'][:100]}" if row["error"] else row["status"]
         metrics = ["" if row[name] is None else f"{row[name]:.4f}" for name in metric_names]
-        table.add_row(str(row["job"]), *(overrides.get(key, "") for key in keys), status, *metrics)
+        table.add_row(str(row["job"]), *(short(overrides.get(key, "")) for key in keys), status, *metrics)
     return table
 
 
