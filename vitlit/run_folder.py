@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, read_write
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +62,26 @@ class RunFolder(Callback):
 
     def __init__(self) -> None:
         self.saved_argv: list[str] | None = None
+        self.saved_environ: dict[str, str] | None = None
 
+    # Hydra turns exceptions raised in callbacks into warnings; SystemExit stops the run before Hydra
+    # writes anything, with the message on stderr and exit status 1.
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if process_rank() != 0:
             return  # rank 0 created the folder that the other ranks join
-        check_run_folder(Path(config.hydra.run.dir), config.get("ckpt_path"))
+        try:
+            check_run_folder(Path(config.hydra.run.dir), config.get("ckpt_path"))
+        except (FileExistsError, FileNotFoundError) as error:
+            sys.exit(f"Error: {error}")
         if config.get("ckpt_path") and holds_files(Path(config.hydra.run.dir) / ".hydra"):
             resumed = f"{config.hydra.output_subdir}/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
-            with read_write(config.hydra), open_dict(config.hydra):
+            with read_write(config.hydra):
                 config.hydra.output_subdir = resumed
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if holds_files(sweep_dir):
-            raise FileExistsError(f"{sweep_dir} already holds a sweep; choose a new hydra.sweep.dir")
+            sys.exit(f"Error: {sweep_dir} already holds a sweep; choose a new hydra.sweep.dir")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if process_rank() != 0:
@@ -85,11 +92,20 @@ class RunFolder(Callback):
         if config.hydra.mode == RunMode.MULTIRUN:
             # What Lightning's DDP launcher will run for the other ranks: this job alone, in its folder.
             self.saved_argv = sys.argv
+            self.saved_environ = dict(os.environ)
             sys.argv = [sys.argv[0], *config.hydra.overrides.task]
-            hydra_cfg = HydraConfig.instance().cfg
-            with read_write(hydra_cfg), open_dict(hydra_cfg):
-                hydra_cfg.hydra.run.dir = config.hydra.runtime.output_dir
+            run = HydraConfig.instance().cfg.hydra.run
+            with read_write(run):
+                run.dir = config.hydra.runtime.output_dir
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.saved_argv is not None:
             sys.argv, self.saved_argv = self.saved_argv, None
+        if self.saved_environ is not None:
+            # Lightning's launcher leaves LOCAL_RANK, WORLD_SIZE, MASTER_PORT, ... and the process group
+            # behind; the next job would take them for an existing group of processes and not launch its own.
+            os.environ.clear()
+            os.environ.update(self.saved_environ)
+            self.saved_environ = None
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
