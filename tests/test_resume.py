@@ -16,6 +16,8 @@ from vitlit.module import ViTClassifier
 from vitlit.run_folder import RunFolder
 from vitlit.training import train
 
+pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming
+
 # 12 training images in batches of 4: 3 steps per epoch; the crash comes after step 4, mid epoch 2.
 RUN = [*TINY_RUN, "test=false", "callbacks.model_summary=null"]
 CRASH_AFTER_STEP = 4
