@@ -101,8 +101,16 @@ class ViTClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_acc)
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity check's validation
+    # The sanity check's validation never reaches val_acc_best (on_validation_epoch_end skips it), so
+    # the best so far is kept across fit calls and, through the checkpoint, across resumes.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.val_acc_best.update_called:
+            checkpoint["val_acc_best"] = self.val_acc_best.compute()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "val_acc_best" in checkpoint:
+            self.val_acc_best.reset()
+            self.val_acc_best(checkpoint["val_acc_best"])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -5,6 +5,7 @@ No command-line code here: ``train.py`` calls this, and so can tests and noteboo
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -93,4 +94,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, metrics=final, step=fit_steps)
             logger.finalize("success")
+    if trainer.is_global_zero:  # read by the sweep summary (vitlit.sweep)
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

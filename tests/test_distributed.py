@@ -1,0 +1,65 @@
+"""DDP through train.py: two CPU processes (gloo) share one run folder and log what one process computes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT, TINY_RUN, compose_config, make_image_folder
+from hydra.utils import instantiate
+
+from vitlit.data import ImageFolderDataModule
+from vitlit.module import ViTClassifier
+
+
+def evaluate(checkpoint: Path, root: Path, stage: str) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of a checkpoint over a whole split, in this one process."""
+    module = ViTClassifier.load_from_checkpoint(checkpoint).eval()
+    data = ImageFolderDataModule(root, batch_size=4, num_workers=0)
+    data.setup()
+    logits, labels = zip(*((module(x), y) for x, y in getattr(data, f"{stage}_dataloader")()), strict=True)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    return (logits.argmax(1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item()
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "fsdp"])
+def test_trainer_configs_build_lightning_strategies(trainer: str):
+    cfg = compose_config(["data=image_folder", "data.root=unused", f"trainer={trainer}"])
+    strategy = cfg.trainer.strategy
+    expected = {"cpu": "auto", "gpu": "auto", "ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}[trainer]
+    assert (strategy if isinstance(strategy, str) else type(instantiate(strategy)).__name__) == expected
+
+
+@torch.no_grad()
+def test_ddp_on_two_cpu_processes_logs_what_one_process_computes(tmp_path: Path):
+    # 8 validation images split evenly over the 2 ranks, so no rank pads its shard with repeats.
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 4, "dog": 4}})
+    run = tmp_path / "run"
+    overrides = [*TINY_RUN, "trainer.max_epochs=1", "callbacks.model_summary=null", f"data.root={root}"]
+    distributed = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}"]
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *overrides, *distributed]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    accuracy, loss = evaluate(run / "checkpoints" / "last.ckpt", root, "val")
+    assert metrics["val/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["val/loss"] == pytest.approx(loss, abs=1e-5)
+    best = next((run / "checkpoints").glob("epoch_*.ckpt"))
+    assert metrics["test/acc"] == pytest.approx(evaluate(best, root, "test")[0], abs=1e-6)
+
+    # One run folder, written by rank 0 only: no per-rank log, no stray outputs/ from the relaunched rank.
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".hydra",
+        "checkpoints",
+        "config.yaml",
+        "metrics.json",
+        "tensorboard",
+        "train.log",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run"]
+    assert [p.name for p in (run / "tensorboard").iterdir() if p.is_dir()] == []  # one TensorBoard run

@@ -1,0 +1,111 @@
+"""One run, one folder: never reuse a run folder unless resuming it, and keep every DDP rank in it.
+
+A Hydra callback (registered in ``conf/hydra/default.yaml``):
+
+- ``python train.py hydra.run.dir=<existing run>`` stops with an error naming the folder, unless it resumes
+  that run (``ckpt_path=last`` or a checkpoint path); a resume keeps the first start's ``.hydra/`` files
+  and writes its own to ``.hydra/resume_<time>/``.
+- With DDP, Lightning relaunches ``train.py`` for ranks 1..N-1 with ``hydra.run.dir=<rank 0's run dir>``.
+  In a multirun that would be the wrong folder and ``-m`` would start a whole sweep per rank, so each job
+  points the relaunch at its own folder and its own overrides. Ranks other than 0 write no log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, read_write
+
+log = logging.getLogger(__name__)
+
+
+def process_rank() -> int:
+    """This process's global rank as set by Lightning's launcher, torchrun or SLURM (0 when not distributed)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(variable):
+            return int(os.environ[variable])
+    return 0
+
+
+def holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def check_run_folder(run_dir: Path, ckpt_path: str | None) -> None:
+    """Raise unless ``run_dir`` is new (or empty), or the run resumes from a checkpoint.
+
+    ``ckpt_path=last`` needs a checkpoint in ``run_dir``: it resumes the run in that folder.
+    """
+    if ckpt_path == "last" and not any(run_dir.rglob("*.ckpt")):
+        raise FileNotFoundError(
+            f"ckpt_path=last found no checkpoint in {run_dir}; resume a run with "
+            "hydra.run.dir=<its run folder> ckpt_path=last, or give ckpt_path=<path to a .ckpt file>"
+        )
+    if holds_files(run_dir) and not ckpt_path:
+        raise FileExistsError(
+            f"{run_dir} already holds a run and would be overwritten; choose a new hydra.run.dir, "
+            "or continue that run with ckpt_path=last"
+        )
+
+
+class RunFolder(Callback):
+    """Guards run and sweep folders and keeps DDP ranks in their job's folder (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.saved_argv: list[str] | None = None
+        self.saved_environ: dict[str, str] | None = None
+
+    # Hydra turns exceptions raised in callbacks into warnings; SystemExit stops the run before Hydra
+    # writes anything, with the message on stderr and exit status 1.
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if process_rank() != 0:
+            return  # rank 0 created the folder that the other ranks join
+        try:
+            check_run_folder(Path(config.hydra.run.dir), config.get("ckpt_path"))
+        except (FileExistsError, FileNotFoundError) as error:
+            sys.exit(f"Error: {error}")
+        if config.get("ckpt_path") and holds_files(Path(config.hydra.run.dir) / ".hydra"):
+            resumed = f"{config.hydra.output_subdir}/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
+            with read_write(config.hydra):
+                config.hydra.output_subdir = resumed
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if holds_files(sweep_dir):
+            sys.exit(f"Error: {sweep_dir} already holds a sweep; choose a new hydra.sweep.dir")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if process_rank() != 0:
+            for handler in logging.getLogger().handlers[:]:
+                if isinstance(handler, logging.FileHandler):  # rank 0 writes the run's log
+                    logging.getLogger().removeHandler(handler)
+                    handler.close()
+        if config.hydra.mode == RunMode.MULTIRUN:
+            # What Lightning's DDP launcher will run for the other ranks: this job alone, in its folder.
+            self.saved_argv = sys.argv
+            self.saved_environ = dict(os.environ)
+            sys.argv = [sys.argv[0], *config.hydra.overrides.task]
+            run = HydraConfig.instance().cfg.hydra.run
+            with read_write(run):
+                run.dir = config.hydra.runtime.output_dir
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.saved_argv is not None:
+            sys.argv, self.saved_argv = self.saved_argv, None
+        if self.saved_environ is not None:
+            # Lightning's launcher leaves LOCAL_RANK, WORLD_SIZE, MASTER_PORT, ... and the process group
+            # behind; the next job would take them for an existing group of processes and not launch its own.
+            os.environ.clear()
+            os.environ.update(self.saved_environ)
+            self.saved_environ = None
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()

@@ -1,0 +1,169 @@
+"""Hydra multirun summary: ``sweep_summary.csv`` in the sweep folder and a table printed at the end.
+
+Registered in ``conf/hydra/default.yaml`` as a Hydra callback, so every ``python train.py -m ...`` (grid or
+Optuna) gets one row per job: its overrides, status and final metrics, best job first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich import get_console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "sweep_summary.csv"
+METRICS_FILE = "metrics.json"  # written by vitlit.training.train into each run folder
+DEFAULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
+
+
+class FailedJob(float):
+    """What ``train.py`` returns for a multirun job that raised: NaN to a sweeper (Optuna marks the trial
+    failed and goes on), plus the error for the summary."""
+
+    error: str
+
+    def __new__(cls, error: BaseException) -> FailedJob:
+        value = super().__new__(cls, math.nan)
+        value.error = describe(error)
+        return value
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` of the root cause (Hydra wraps errors raised while instantiating a config)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {error}"
+
+
+def is_multirun() -> bool:
+    """Whether the running Hydra job is one job of a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_row(job_return: JobReturn, output_dir: Path, metric_names: tuple[str, ...]) -> dict[str, Any]:
+    """One summary row: the job number, its overrides (``key=value`` strings), status, error and metrics."""
+    value = job_return._return_value  # the property re-raises a failed job's exception
+    error = describe(value) if job_return.status == JobStatus.FAILED else getattr(value, "error", "")
+    metrics_path = output_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() and not error else {}
+    return {
+        "job": job_return.hydra_cfg.hydra.job.num,
+        "overrides": list(job_return.overrides or []),
+        "status": "failed" if error else "completed",
+        "error": error,
+        "folder": str(output_dir),
+        **{name: metrics.get(name) for name in metric_names},
+    }
+
+
+def sort_rows(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Best ``metric`` first (``mode`` max or min); failed jobs and jobs without the metric last, by job number."""
+
+    def key(row: dict[str, Any]) -> tuple[int, float, int]:
+        value = row.get(metric)
+        if value is None or math.isnan(value):
+            return (1, 0.0, row["job"])
+        return (0, -value if mode == "max" else value, row["job"])
+
+    return sorted(rows, key=key)
+
+
+def write_summary(rows: list[dict[str, Any]], path: Path, metric_names: tuple[str, ...]) -> None:
+    """CSV with columns job, status, one column per overridden key, the metrics, error and folder."""
+    keys = list(dict.fromkeys(key for row in rows for key in overrides_by_key(row)))
+    columns = ["job", "status", *keys, *metric_names, "error", "folder"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{c: row.get(c) for c in columns if c not in keys}, **overrides_by_key(row)})
+
+
+def short(value: str) -> str:
+    """An override value for the table: numbers to 4 significant digits (Optuna samples 16)."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def overrides_by_key(row: dict[str, Any]) -> dict[str, str]:
+    return dict(override.split("=", 1) for override in row["overrides"])
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The override keys whose value is not the same in every job."""
+    by_job = [overrides_by_key(row) for row in rows]
+    keys = dict.fromkeys(key for overrides in by_job for key in overrides)
+    return [key for key in keys if len({overrides.get(key) for overrides in by_job}) > 1]
+
+
+def summary_table(rows: list[dict[str, Any]], metric_names: tuple[str, ...], title: str) -> Table:
+    """A rich table: job, one column per swept key, status (with the error's last line) and metrics."""
+    keys = swept_keys(rows)
+    table = Table(title=title)
+    table.add_column("job", justify="right", no_wrap=True)
+    for column in (*keys, "status"):
+        table.add_column(column)
+    for name in metric_names:
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        overrides = overrides_by_key(row)
+        status = f"failed: {row['error'][:100]}" if row["error"] else row["status"]
+        metrics = ["" if row[name] is None else f"{row[name]:.4f}" for name in metric_names]
+        table.add_row(str(row["job"]), *(short(overrides.get(key, "")) for key in keys), status, *metrics)
+    return table
+
+
+class SweepSummary(Callback):
+    """Collects every multirun job's overrides and final metrics; rewrites ``<sweep dir>/sweep_summary.csv``
+    after each job (so a crash keeps what finished) and prints the sorted table when the sweep ends.
+
+    Args:
+        metric: the column to sort by (the sweep's ``optimized_metric``).
+        mode: ``max`` (accuracy) or ``min`` (loss).
+        metrics: the metric columns.
+    """
+
+    def __init__(self, metric: str = "val/acc_best", mode: str = "max", metrics: list[str] | None = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"SweepSummary mode must be 'max' or 'min', got {mode!r}")
+        self.metric = metric
+        self.mode = mode
+        self.metric_names = tuple(dict.fromkeys([metric, *(metrics or DEFAULT_METRICS)]))
+        self.rows: list[dict[str, Any]] = []
+        self.path: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.rows = []
+        self.path = Path(config.hydra.sweep.dir) / SUMMARY_FILE
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or self.path is None:
+            return
+        output_dir = Path(config.hydra.runtime.output_dir)
+        self.rows.append(job_row(job_return, output_dir, self.metric_names))
+        self.rows = sort_rows(self.rows, self.metric, self.mode)
+        write_summary(self.rows, self.path, self.metric_names)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.rows or self.path is None:
+            return
+        failed = sum(row["status"] == "failed" for row in self.rows)
+        title = f"{len(self.rows)} jobs, {failed} failed, best {self.metric} first"
+        get_console().print(summary_table(self.rows, self.metric_names, title))
+        log.info("sweep summary: %s", self.path)
