@@ -15,6 +15,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from vitlit.checkpoint_checks import check_checkpoint_fits, load_backbone
+from vitlit.config_checks import check_config_types
+
 log = logging.getLogger(__name__)
 
 # Config sections whose values go to TensorBoard's HPARAMS tab.
@@ -48,12 +51,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Returns the final metrics by name (``train/loss``, ``val/acc``, ``val/acc_best``, ``test/acc``, ...).
     """
+    check_config_types(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # the model's head size depends on the classes found here
     module = instantiate(cfg.model, class_names=list(datamodule.class_names), _convert_="all")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and cfg.get("reinit_head"):
+        load_backbone(module, ckpt_path)
+        ckpt_path = None  # a new training from those weights, not a resume
+    elif ckpt_path:
+        check_checkpoint_fits(module, ckpt_path)
 
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
     loggers = instantiate_all(cfg.get("logger"))
@@ -67,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _scalars(trainer.callback_metrics)
     fit_steps = trainer.global_step
 
