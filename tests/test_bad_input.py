@@ -100,7 +100,9 @@ def save_webp(path: Path) -> tuple[int, ...]:
         ("palette.gif", save_palette),
         ("cmyk.jpg", save_cmyk_jpeg),
         ("sixteen_bit.png", save_16_bit_png),
-        pytest.param("lossless.webp", save_webp, marks=pytest.mark.skipif(not features.check("webp"), reason="no webp")),
+        pytest.param(
+            "lossless.webp", save_webp, marks=pytest.mark.skipif(not features.check("webp"), reason="no WebP")
+        ),
     ],
 )
 def test_unusual_image_modes_load_as_8_bit_rgb_with_the_right_colour(tmp_path: Path, name: str, save):
