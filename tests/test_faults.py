@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO_ROOT, TINY_RUN, compose_config
@@ -130,3 +131,24 @@ def test_sigterm_saves_a_resumable_checkpoint_and_a_new_run_resumes_from_it(imag
     assert resumed["epoch"] == epochs - 1 and resumed["global_step"] >= saved["global_step"] + 3
     assert metrics["val/acc"] >= 0.5
     assert {p: digest(p) for p in (tmp_path / "first").rglob("*") if p.is_file()} == first_files
+
+
+class PressCtrlC(L.Callback):
+    """Sends this process SIGINT, as Ctrl-C does, after the second training step."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_finishes_the_batch_saves_a_checkpoint_and_exits(tiny_config, tmp_path: Path, caplog):
+    cfg = tiny_config("+callbacks.press_ctrl_c._target_=test_faults.PressCtrlC", "trainer.max_epochs=5")
+    sigint_handler_before = signal.getsignal(signal.SIGINT)
+    with caplog.at_level("WARNING", logger="vitlit"), pytest.raises(SystemExit):
+        train(cfg)
+    interrupted = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
+    assert f"training interrupted by Ctrl-C at step 2 (epoch 1); saved a resumable checkpoint to {interrupted}" in (
+        caplog.text
+    )
+    assert torch.load(interrupted, weights_only=False)["global_step"] == 2
+    assert signal.getsignal(signal.SIGINT) is sigint_handler_before  # Ctrl-C works as before again

@@ -87,6 +87,7 @@ class SaveOnInterrupt(L.Callback):
 
     def __init__(self) -> None:
         self._previous_sigint: Any = None
+        self._cause = "SIGTERM"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning handles SIGTERM only off Windows; signal handlers can only be set from the main thread.
@@ -99,6 +100,7 @@ class SaveOnInterrupt(L.Callback):
 
     def _stop_after_this_batch(self, signum: int, frame: Any) -> None:
         self._restore_sigint()  # a second Ctrl-C interrupts at once
+        self._cause = "Ctrl-C"
         log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)")
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's own graceful stop
 
@@ -122,7 +124,7 @@ class SaveOnInterrupt(L.Callback):
             log.warning(
                 "training interrupted by %s at step %d (epoch %d); saved a resumable checkpoint to %s. "
                 "Resume with: python train.py <the same overrides> ckpt_path=%s",
-                "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM",
+                "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else self._cause,
                 trainer.global_step,
                 trainer.current_epoch + 1,
                 path,
