@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, compose_config, make_image_folder, write_image
+from conftest import REPO_ROOT, TINY_RUN, compose_config, make_image_folder, write_image
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from PIL import Image, features
@@ -355,3 +358,21 @@ def test_a_missing_checkpoint_file_is_a_clear_error(tmp_path: Path):
     module = ViTClassifier(net=MICRO_NET, class_names=["cat", "dog"])
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nothing.ckpt does not exist"):
         check_checkpoint_fits(module, tmp_path / "nothing.ckpt")
+
+
+def test_train_script_reports_bad_images_without_a_traceback_through_lightning(folder_with_bad_images, tmp_path):
+    root, bad = folder_with_bad_images
+    before = snapshot(root)
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        *TINY_RUN,
+        f"data.root={root}",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert result.returncode == 1
+    assert "ValueError: 3 of 21 images cannot be decoded" in result.stderr
+    assert all(str(path) in result.stderr for path in bad)
+    assert "site-packages" not in result.stderr  # no frames from Lightning or Hydra
+    assert snapshot(root) == before
