@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -70,33 +71,32 @@ def test_a_nan_loss_stops_the_run_naming_step_and_learning_rate_and_keeps_the_la
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", nan_from_the_fifth_training_step)
     cfg = tiny_config("model.label_smoothing=0.1", "trainer.max_epochs=3")  # 3 steps per epoch
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 4 \(epoch 2, batch 2\); learning rate"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"training loss is nan at step 4 \(epoch 2, batch 2\); learning rate"
+    ) as error:
         train(cfg)
     checkpoints = tmp_path / "run" / "checkpoints"
+    assert error.match(f"Last good checkpoint: {checkpoints / 'last.ckpt'}")
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert last["global_step"] == 3 and all(t.isfinite().all() for t in last["state_dict"].values())
 
 
-def test_the_nan_message_names_the_last_good_checkpoint(tmp_path: Path):
+def test_an_infinite_loss_stops_too(tmp_path: Path):
+    (tmp_path / "last.ckpt").write_bytes(b"")
     checkpoint = ModelCheckpoint(dirpath=tmp_path)
-    checkpoint.last_model_path = str(tmp_path / "last.ckpt")
-
-    class Trainer:
-        optimizers = [  # noqa: RUF012
-            torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.25)
-        ]
-        checkpoint_callback = checkpoint
-        global_step, current_epoch = 7, 1
-
-        class fit_loop:
-            class epoch_loop:
-                class batch_progress:
-                    class current:
-                        ready = 2
-
+    checkpoint.best_model_path = str(tmp_path / "last.ckpt")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.25)
+    progress = SimpleNamespace(current=SimpleNamespace(ready=2))
+    trainer = SimpleNamespace(
+        optimizers=[optimizer],
+        checkpoint_callbacks=[checkpoint],
+        global_step=7,
+        current_epoch=1,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+    )
     with pytest.raises(NonFiniteLossError, match=rf"inf at step 7 .*learning rate 0.25.*{tmp_path / 'last.ckpt'}"):
-        StopOnNonFiniteLoss().on_before_backward(Trainer(), None, torch.tensor(float("inf")))
+        StopOnNonFiniteLoss().on_before_backward(trainer, None, torch.tensor(float("inf")))
 
 
 def start_train(*overrides: str, cwd: Path) -> subprocess.Popen:

@@ -109,7 +109,7 @@ def find_bad_images(paths: Iterable[str], cache_file: Path | None = None, worker
             for (path, key), problem in zip(to_check, problems, strict=True):
                 verdicts[path] = [*key, problem]
     if cache_file and (to_check or set(verdicts) != set(cache)):
-        _write_cache(cache_file, {**cache, **verdicts})
+        _write_cache(cache_file, verdicts)
     return {path: verdict[2] for path, verdict in verdicts.items() if verdict[2] is not None}
 
 

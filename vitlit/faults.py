@@ -66,8 +66,7 @@ class StopOnNonFiniteLoss(L.Callback):
         if math.isfinite(value):
             return
         rates = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
-        checkpoint = trainer.checkpoint_callback
-        last = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        last = _newest_checkpoint(trainer)
         raise NonFiniteLossError(
             f"training loss is {value} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
             f"batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready}); learning rate {rates[0]:.3g}. "
@@ -130,3 +129,14 @@ class SaveOnInterrupt(L.Callback):
                 path,
                 path,
             )
+
+
+def _newest_checkpoint(trainer: L.Trainer) -> str:
+    """The most recently written checkpoint file of any checkpoint callback, or ""."""
+    paths = {
+        getattr(callback, name, "")
+        for callback in trainer.checkpoint_callbacks
+        for name in ("last_model_path", "best_model_path")
+    }
+    existing = [Path(path) for path in paths if path and Path(path).is_file()]
+    return str(max(existing, key=lambda path: path.stat().st_mtime_ns)) if existing else ""
