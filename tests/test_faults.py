@@ -105,6 +105,7 @@ def start_train(*overrides: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new run folder, as intended
 def test_sigterm_saves_a_resumable_checkpoint_and_a_new_run_resumes_from_it(image_folder: Path, tmp_path: Path):
     common = [*TINY_RUN, f"data.root={image_folder}", "test=false", "model.scheduler=null"]
     first = start_train(*common, "trainer.max_epochs=1000", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
