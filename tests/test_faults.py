@@ -107,7 +107,8 @@ def start_train(*overrides: str, cwd: Path) -> subprocess.Popen:
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new run folder, as intended
 def test_sigterm_saves_a_resumable_checkpoint_and_a_new_run_resumes_from_it(image_folder: Path, tmp_path: Path):
-    common = [*TINY_RUN, f"data.root={image_folder}", "test=false", "model.scheduler=null"]
+    common = [*TINY_RUN, f"data.root={image_folder}", "test=false", "callbacks.model_summary=null"]
+    common += ["model.scheduler=null", "trainer.num_sanity_val_steps=0"]  # no schedule tied to max_epochs
     first = start_train(*common, "trainer.max_epochs=1000", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
     output = []
     for line in first.stdout:  # wait until training is under way
