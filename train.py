@@ -1,14 +1,20 @@
 """Train a ViT: ``python train.py [overrides]``; ``python train.py -m key=a,b`` sweeps. See conf/train.yaml."""
 
 import logging
+import os
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from vitlit.faults import NonFiniteLossError
 from vitlit.sweep import FailedJob, is_multirun
 from vitlit.training import train
 
 log = logging.getLogger("vitlit.train")
+
+# Errors whose message names the file or key and says what to do: a traceback through Lightning adds nothing.
+USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, InstantiationException)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -16,11 +22,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as error:
-        if not is_multirun():
-            raise
-        # One failing job must not end a sweep: the sweep summary lists it and the other jobs still run.
-        log.exception("this job failed; the sweep goes on")
-        return FailedJob(error)
+        if is_multirun():
+            # One failing job must not end a sweep: the sweep summary lists it and the other jobs still run.
+            log.exception("this job failed; the sweep goes on")
+            return FailedJob(error)
+        if isinstance(error, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            raise error.with_traceback(None) from None
+        raise
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 

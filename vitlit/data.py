@@ -28,6 +28,14 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from vitlit.data_checks import (
+    BAD_IMAGE_POLICIES,
+    check_batch_size,
+    drop_bad_images,
+    log_dataset_summary,
+    to_rgb,
+    warn_about_loose_files,
+)
 from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -50,14 +58,17 @@ class ImageFolderSplit:
         return counts
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+def _is_image(path: Path, class_folder: Path) -> bool:
+    # Broken links count as images here so that the decode check reports them instead of hiding them.
+    hidden = any(part.startswith(".") for part in path.relative_to(class_folder).parts)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not hidden and (path.is_file() or path.is_symlink())
 
 
 def scan_split(path: Path) -> ImageFolderSplit:
     """List ``path/<class>/**/<image>``; raise a clear error for a missing split or an empty class.
 
-    Non-image files (``.DS_Store``, notes) and hidden folders are ignored.
+    Non-image files (``.DS_Store``, notes) and hidden files and folders are ignored; images directly in
+    ``path`` (in no class folder) are ignored with a warning.
     """
     if not path.is_dir():
         raise FileNotFoundError(f"split folder {path} does not exist; expected {path}/<class>/<image>.jpg")
@@ -66,13 +77,14 @@ def scan_split(path: Path) -> ImageFolderSplit:
         raise ValueError(f"split folder {path} has no class folders; expected {path}/<class>/<image>.jpg")
     samples = []
     for label, name in enumerate(classes):
-        images = sorted(str(p) for p in (path / name).rglob("*") if _is_image(p))
+        images = sorted(str(p) for p in (path / name).rglob("*") if _is_image(p, path / name))
         if not images:
             raise ValueError(
                 f"class folder {path / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                 "add images to it or remove it"
             )
         samples.extend((image, label) for image in images)
+    warn_about_loose_files(path, IMAGE_EXTENSIONS)
     return ImageFolderSplit(path, classes, tuple(samples))
 
 
@@ -92,7 +104,7 @@ def check_same_classes(reference: ImageFolderSplit, other: ImageFolderSplit) -> 
 def load_rgb(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor (3, H, W), upright as its EXIF orientation says."""
     with Image.open(path) as image:
-        return pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB"))
+        return pil_to_tensor(to_rgb(ImageOps.exif_transpose(image)))
 
 
 class ImageFolderDataset(Dataset):
@@ -165,6 +177,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     Batches are (images float32 (B, 3, S, S) normalised with ``mean``/``std``, labels int64 (B,)).
     ``download`` (``{url, sha256, size}``) fetches the dataset when ``root`` does not exist.
     ``num_workers=None`` uses every CPU core this process may run on; ``pin_memory=None`` pins when CUDA is available.
+    ``bad_images``: ``error`` stops at set-up listing every image that does not decode; ``skip`` drops them.
     """
 
     def __init__(
@@ -182,10 +195,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         download: dict | None = None,
+        bad_images: str = "error",
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"data.bad_images={bad_images!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
+        self.bad_images = bad_images
         self.root = Path(root).expanduser().resolve()
         self.batch_size = batch_size
         self.num_workers = available_cpus() if num_workers is None else num_workers
@@ -232,9 +251,12 @@ class ImageFolderDataModule(L.LightningDataModule):
             return
         folders = self.stage_folders()
         train = self._split("train")
+        for folder in folders.values():
+            check_same_classes(train, self._split(folder))
+        self.splits = drop_bad_images(self.splits, self.bad_images, self.root, workers=min(available_cpus(), 8))
+        check_batch_size(self.batch_size, len(self.splits["train"].samples), drop_last=False)
         for stage_name, folder in folders.items():
-            split = self._split(folder)
-            check_same_classes(train, split)
+            split = self.splits[folder]
             transform = self.train_transform if stage_name == "train" else self.eval_transform
             self.datasets[stage_name] = ImageFolderDataset(split.samples, transform)
         log.info("classes: %s", ", ".join(train.classes))
@@ -242,6 +264,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             split = self.splits[folder]
             counts = ", ".join(f"{name} {count}" for name, count in split.class_counts().items())
             log.info("%-5s uses %s (%d images: %s)", stage_name, split.path, len(split.samples), counts)
+        log_dataset_summary(self.splits, self.root)
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -16,6 +16,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from vitlit.checkpoint_checks import check_checkpoint_fits, load_backbone
+from vitlit.config_checks import check_config_types
+
 log = logging.getLogger(__name__)
 
 # Config sections whose values go to TensorBoard's HPARAMS tab.
@@ -40,6 +43,21 @@ def instantiate_all(section: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in section.values() if entry is not None and "_target_" in entry]
 
 
+def resolve_checkpoint_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last`` means the newest of the run folder's ``checkpoints/last.ckpt`` (written after every epoch) and
+    ``checkpoints/interrupted.ckpt`` (written on Ctrl-C or SIGTERM); any other value is returned as is."""
+    if ckpt_path != "last":
+        return ckpt_path
+    candidates = [run_dir / "checkpoints" / name for name in ("last.ckpt", "interrupted.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    if not existing:
+        raise FileNotFoundError(
+            f"ckpt_path=last found neither {candidates[0]} nor {candidates[1]}; resume a run with "
+            "hydra.run.dir=<its run folder> ckpt_path=last, or give ckpt_path=<path to a .ckpt file>"
+        )
+    return str(max(existing, key=lambda path: path.stat().st_mtime_ns))
+
+
 def _scalars(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
@@ -49,12 +67,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Returns the final metrics by name (``train/loss``, ``val/acc``, ``val/acc_best``, ``test/acc``, ...).
     """
+    check_config_types(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # the model's head size depends on the classes found here
     module = instantiate(cfg.model, class_names=list(datamodule.class_names), _convert_="all")
+    ckpt_path = resolve_checkpoint_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir))
+    if ckpt_path and cfg.get("reinit_head"):
+        load_backbone(module, ckpt_path)
+        ckpt_path = None  # a new training from those weights, not a resume
+    elif ckpt_path:
+        check_checkpoint_fits(module, ckpt_path)
 
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
     loggers = instantiate_all(cfg.get("logger"))
@@ -68,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _scalars(trainer.callback_metrics)
     fit_steps = trainer.global_step
 

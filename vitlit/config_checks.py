@@ -1,0 +1,124 @@
+"""Checks config values against the type hints of the classes they configure, before anything is built.
+
+``data.batch_size=abc`` would otherwise fail deep inside a constructor as ``'<' not supported between
+instances of 'str' and 'int'``; here it becomes ``data.batch_size='abc' is a str; ImageFolderDataModule
+expects batch_size: int``. Hints this module does not understand (classes, callables) are not checked.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import types
+import typing
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Config nodes without a _target_ that are keyword arguments of a known class.
+NESTED_TARGETS = {"model.net": "vitlit.model.ViT"}
+SECTIONS = ("data", "model", "trainer")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and (origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)) else Any
+        return all(_matches(element, item) for element in value)
+    if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True  # classes, callables, path-likes: left to the constructor
+
+
+def _hints(target: str) -> tuple[str, dict[str, Any]]:
+    obj = get_object(target)
+    function = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return getattr(obj, "__name__", target), typing.get_type_hints(function)
+    except Exception:  # hints that do not resolve on this Python: nothing to check against
+        return getattr(obj, "__name__", target), {}
+
+
+def _describe(hint: Any) -> str:
+    return (
+        str(hint).replace("typing.", "").replace("collections.abc.", "").replace("NoneType", "None")
+        if not isinstance(hint, type)
+        else hint.__name__
+    )
+
+
+def _check_node(node: DictConfig, key: str, target: str, problems: list[str]) -> None:
+    name, hints = _hints(target)
+    for field in node:
+        if not isinstance(field, str) or field.startswith("_") or field not in hints:
+            continue
+        full_key = f"{key}.{field}"
+        try:
+            value = (
+                OmegaConf.to_container(node[field], resolve=True) if OmegaConf.is_config(node[field]) else node[field]
+            )
+        except OmegaConfBaseException:
+            continue  # resolved later, in context (e.g. ${hydra:...})
+        if isinstance(value, dict) and "_target_" in value:
+            continue
+        if not _matches(value, hints[field]):
+            problems.append(
+                f"{full_key}={value!r} is a {type(value).__name__}; {name} expects {field}: {_describe(hints[field])}"
+            )
+
+
+def check_config_types(cfg: DictConfig) -> None:
+    """Raise one ``ValueError`` listing every value of ``data``, ``model`` and ``trainer`` of the wrong type."""
+    problems: list[str] = []
+
+    def visit(node: Any, key: str) -> None:
+        if not isinstance(node, DictConfig):
+            return
+        target = node.get("_target_") if "_target_" in node else NESTED_TARGETS.get(key)
+        if isinstance(target, str):
+            try:
+                _check_node(node, key, target, problems)
+            except ImportError:
+                return  # Hydra's instantiate names the missing target itself
+        for field in node:
+            if not isinstance(field, str) or field.startswith("_"):
+                continue
+            try:
+                child = node[field]
+            except OmegaConfBaseException:
+                continue
+            if isinstance(child, DictConfig):
+                visit(child, f"{key}.{field}")
+            elif isinstance(child, ListConfig):
+                for index, item in enumerate(child):
+                    visit(item, f"{key}.{field}[{index}]")
+
+    for section in SECTIONS:
+        if section in cfg:
+            visit(cfg[section], section)
+    if problems:
+        raise ValueError(
+            "config values of the wrong type:\n"
+            + "\n".join(f"  {problem}" for problem in problems)
+            + "\nFix them on the command line or in conf/ (quote strings that look like numbers)."
+        )
