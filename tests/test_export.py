@@ -66,3 +66,5 @@ def test_command_line_exports_a_lightning_checkpoint(tmp_path: Path):
     timm_model.load_state_dict(load_file(output), strict=True)
     with torch.no_grad():
         assert max_diff(timm_model(images(32)), module.model(images(32))) <= 1e-5
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "last.ckpt"), str(output)])  # exists: refused before anything is read

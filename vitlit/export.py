@@ -66,10 +66,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     from vitlit.module import ViTClassifier
 
+    output = Path(args.output).expanduser()
+    if output.exists():  # checked before the (slow) checkpoint load
+        parser.exit(1, f"error: {output} already exists; choose a new file name (vitlit never overwrites one)\n")
+    if not Path(args.checkpoint).is_file():
+        parser.exit(1, f"error: no checkpoint at {args.checkpoint}\n")
     module = ViTClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    classes = ", ".join(module.hparams.class_names)
-    log.info("classes (output order): %s", classes)
-    return export_weights(module.model, args.output, args.layout)
+    log.info("classes (output order): %s", ", ".join(module.hparams.class_names))
+    return export_weights(module.model, output, args.layout)
 
 
 if __name__ == "__main__":

@@ -406,7 +406,7 @@ def _fit_position_embedding(
     """Resample the checkpoint's position grid to the model's, as the checkpoint's own library would."""
     if position_embedding.ndim == 2:  # some exports drop the leading batch dimension
         position_embedding = position_embedding.unsqueeze(0)
-    if position_embedding.shape == model.position_embedding.shape:
+    if position_embedding.shape[1] == model.position_embedding.shape[1]:
         return position_embedding, None
     side = math.isqrt(position_embedding.shape[1] - 1)
     model_side = model.image_size // model.patch_size
