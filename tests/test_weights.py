@@ -185,7 +185,7 @@ def test_hugging_face_vit_model_without_vit_prefix_and_with_pooler_loads(tmp_pat
     save_file(source.state_dict(), tmp_path / "model.safetensors")
     model = tiny_vit()
     loaded = load_pretrained(model, tmp_path / "model.safetensors", load_head=True)
-    assert not loaded.head_loaded  # ViTModel has no classifier
+    assert not loaded.head_loaded and loaded.tensors == 6 + 2 * 12  # ViTModel has no classifier
     batch = images(32)
     tokens = source(pixel_values=batch).last_hidden_state  # after the final LayerNorm
     assert max_diff(model.classifier.norm(model.forward_features(batch))[:, 0], tokens[:, 0]) <= TOLERANCE
@@ -332,7 +332,7 @@ def test_head_of_another_class_count_is_not_loaded_even_when_asked(tmp_path: Pat
         loaded = load_pretrained(model, tmp_path / "vit.pth", load_head=True)
     assert not loaded.head_loaded
     assert model.classifier.head.weight.shape == (3, 64) and not model.classifier.head.weight.any()
-    assert "checkpoint has 1000 classes, the model 3" in caplog.text
+    assert "the checkpoint has 1000 classes, the model 3 classes" in caplog.text
 
 
 # --- bad checkpoints -------------------------------------------------------------------------------------------

@@ -491,21 +491,16 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
     head_classes = head["classifier.head.bias"].shape[0] if head else None
     head_loaded = load_head and head_classes == model.num_classes
     if load_head and not head_loaded:
+        found = f"{head_classes} classes" if head else "no classifier head"
         log.warning(
-            "not loading the classifier head: the checkpoint has %s classes, the model %d",
-            head_classes or "no head with",
-            model.num_classes,
+            "not loading the classifier head: the checkpoint has %s, the model %d classes", found, model.num_classes
         )
+    copied = len(backbone) + (len(head) if head_loaded else 0)
     model.reset_classifier(model.num_classes)
-    if head_loaded:
-        backbone.update(head)
-    else:
-        backbone.update(
-            {f"classifier.head.{name}": value for name, value in model.classifier.head.state_dict().items()}
-        )
-    model.load_state_dict(backbone, strict=True)
+    new_head = {f"classifier.head.{name}": value for name, value in model.classifier.head.state_dict().items()}
+    model.load_state_dict({**backbone, **(head if head_loaded else new_head)}, strict=True)
 
-    result = LoadedWeights(text, checkpoint_format.name, len(backbone), head_loaded, resampled_from)
+    result = LoadedWeights(text, checkpoint_format.name, copied, head_loaded, resampled_from)
     log.info(
         "loaded %d tensors from %s (%s)%s; classifier head: %s",
         result.tensors,
