@@ -196,6 +196,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         download: dict | None = None,
         bad_images: str = "error",
+        train_augment: bool = True,
     ):
         super().__init__()
         if batch_size < 1:
@@ -210,10 +211,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.download = download
-        self.train_transform = train_transform(
-            image_size, train_crop_scale, horizontal_flip, auto_augment, interpolation, mean, std
-        )
         self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std)
+        # train_augment=False trains on the eval pipeline, as a frozen feature extractor usually does.
+        self.train_transform = (
+            train_transform(image_size, train_crop_scale, horizontal_flip, auto_augment, interpolation, mean, std)
+            if train_augment
+            else self.eval_transform
+        )
         self.splits: dict[str, ImageFolderSplit] = {}
         self.datasets: dict[str, ImageFolderDataset] = {}
 

@@ -279,10 +279,18 @@ class ViT(nn.Module):
         return self.forward_head(self.forward_features(images))
 
 
-def resample_position_embedding(position_embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubically resample a (1, 1 + h*w, D) position embedding (square h = w grid) to ``grid``.
+def resample_position_embedding(
+    position_embedding: torch.Tensor,
+    grid: tuple[int, int],
+    mode: str = "bicubic",
+    align_corners: bool = False,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Resample a (1, 1 + h*w, D) position embedding (square h = w grid) to ``grid`` (bicubic by default).
 
     The class token's entry is kept as is. Returns the input unchanged when the grid already matches.
+    ``mode``, ``align_corners`` and ``antialias`` go to ``F.interpolate``; checkpoint loading uses them to
+    resample exactly as the checkpoint's own library does.
     """
     num_patches = position_embedding.shape[1] - 1
     if num_patches == grid[0] * grid[1]:
@@ -292,7 +300,7 @@ def resample_position_embedding(position_embedding: torch.Tensor, grid: tuple[in
         raise ValueError(f"cannot resample a position embedding of {num_patches} patches: not a square grid")
     class_pos, patch_pos = position_embedding[:, :1], position_embedding[:, 1:]
     patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode=mode, align_corners=align_corners, antialias=antialias)
     patch_pos = patch_pos.to(position_embedding.dtype).permute(0, 2, 3, 1).flatten(1, 2)
     return torch.cat([class_pos, patch_pos], dim=1)
 

@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlit.model import ViT
+from vitlit.weights import load_pretrained
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]  # called as factory(optimizer, total_steps=...)
@@ -32,6 +33,11 @@ class ViTClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         freeze_backbone: train only the classifier's linear head; everything else is frozen and kept in
             eval mode (no dropout), as a feature extractor.
+        weights: a pretrained checkpoint for :func:`vitlit.weights.load_pretrained` (file, Hugging Face
+            folder or ``torchvision:NAME``), loaded when the module is built. ``None`` starts from scratch.
+        load_head: also load the checkpoint's classifier head when its class count matches.
+        layer_decay: layer-wise learning-rate decay (BEiT, MAE): block i of D gets ``lr * decay ** (D - i)``,
+            the embeddings ``lr * decay ** (D + 1)``, the classifier ``lr``. ``None`` gives every layer ``lr``.
 
     Batches are (images (B, 3, H, W), labels (B,)). Logged: ``{train,val,test}/{loss,acc}`` as exact
     epoch values over images, and ``val/acc_best``.
@@ -45,12 +51,20 @@ class ViTClassifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
         freeze_backbone: bool = False,
+        weights: str | None = None,
+        load_head: bool = False,
+        layer_decay: float | None = None,
     ):
         super().__init__()
         # The factories are code, not hyperparameters: the run's config records them.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         num_classes = len(class_names)
         self.model = ViT(num_classes=num_classes, **net)
+        if weights:
+            load_pretrained(self.model, weights, load_head=load_head)
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"model.layer_decay must be in (0, 1] or null, got {layer_decay}")
+        self.layer_decay = layer_decay
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
@@ -101,9 +115,12 @@ class ViTClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_acc)
 
-    # The sanity check's validation never reaches val_acc_best (on_validation_epoch_end skips it), so
-    # the best so far is kept across fit calls and, through the checkpoint, across resumes.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The state dict already holds the pretrained weights: rebuilding from a checkpoint must not need
+        # the original file or a network. The run's config.yaml still records which weights were used.
+        checkpoint["hyper_parameters"]["weights"] = None
+        # The sanity check's validation never reaches val_acc_best (on_validation_epoch_end skips it), so
+        # the best so far is kept across fit calls and, through the checkpoint, across resumes.
         if self.val_acc_best.update_called:
             checkpoint["val_acc_best"] = self.val_acc_best.compute()
 
@@ -124,22 +141,40 @@ class ViTClassifier(L.LightningModule):
         return self(images).softmax(dim=-1)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters split into a weight-decay group and a no-weight-decay group."""
+        """Trainable parameters split into a weight-decay group and a no-weight-decay group, per layer when
+        ``layer_decay`` is set (each group then carries ``lr_scale``, applied in ``configure_optimizers``)."""
         skip = self.model.no_weight_decay()
-        decay, no_decay = [], []
+        depth = len(self.model.transformer_encoder)
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
         for name, parameter in self.model.named_parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim <= 1 or name in skip else decay).append(parameter)
-        groups = [
-            {"params": decay, "name": "decay"},
-            {"params": no_decay, "name": "no_decay", "weight_decay": 0.0},
-        ]
-        return [group for group in groups if group["params"]]
+            if not parameter.requires_grad:
+                continue
+            layer = self._layer_id(name, depth) if self.layer_decay is not None else 0
+            decays = not (parameter.ndim <= 1 or name in skip)
+            if (layer, decays) not in groups:
+                group = {"params": [], "name": ("decay" if decays else "no_decay")}
+                if not decays:
+                    group["weight_decay"] = 0.0
+                if self.layer_decay is not None:
+                    group["name"] += f"_layer{layer}"
+                    group["lr_scale"] = self.layer_decay ** (depth + 1 - layer)
+                groups[layer, decays] = group
+            groups[layer, decays]["params"].append(parameter)
+        return [groups[key] for key in sorted(groups, key=lambda key: (key[0], not key[1]))]
+
+    @staticmethod
+    def _layer_id(name: str, depth: int) -> int:
+        """0 for the embeddings, i + 1 for encoder block i, depth + 1 for the classifier."""
+        if name.startswith("transformer_encoder."):
+            return int(name.split(".")[1]) + 1
+        return depth + 1 if name.startswith("classifier.") else 0
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("ViTClassifier was built without an optimizer; pass optimizer= to train it")
         optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
