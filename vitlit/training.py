@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,6 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False, precision=precision
     )
     log.info("precision: %s", trainer.precision)
+    if isinstance(trainer.accelerator, CUDAAccelerator):
+        torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     if trainer.is_global_zero:
         # Hydra's .hydra/config.yaml keeps interpolations; this copy shows the values the run used.
         output_dir = Path(cfg.paths.output_dir)
