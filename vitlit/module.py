@@ -41,8 +41,8 @@ class ViTClassifier(L.LightningModule):
 
     Batches are (images (B, 3, H, W), labels (B,)); images either uint8 in [0, 255], normalised on the
     device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float
-    tensors that are already normalised and pass through unchanged. Logged: ``{train,val,test}/{loss,acc}`` as exact
-    epoch values over images, and ``val/acc_best``.
+    tensors that are already normalised and pass through unchanged. ``forward`` accepts both too.
+    Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``.
     """
 
     def __init__(
@@ -82,8 +82,8 @@ class ViTClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, 3, self.model.image_size, self.model.image_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> logits (B, num_classes)."""
-        return self.model(images)
+        """Images (B, 3, H, W), uint8 or already normalised float -> logits (B, num_classes)."""
+        return self.model(self.normalize(images))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images in [0, 255] -> float images normalised with ``mean``/``std``; float images pass unchanged."""

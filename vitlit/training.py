@@ -6,6 +6,7 @@ No command-line code here: ``train.py`` calls this, and so can tests and noteboo
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
+    # The module, not the data module, normalises batches (its checkpoint holds mean/std): that is intended.
+    warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule` but")
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _scalars(trainer.callback_metrics)
     fit_steps = trainer.global_step
