@@ -187,6 +187,20 @@ def test_compile_and_checkpointing_flags_reach_the_model_and_keep_its_parameter_
     assert list(module.state_dict()) == names  # in-place compile: checkpoints load into an uncompiled model
 
 
+def test_a_compiled_model_evaluates_every_batch_size_with_one_graph():
+    from torch._dynamo.utils import counters
+
+    module = ViTClassifier(SMALL_VIT, ["a", "b"], compile=True).eval()
+    module.model.compile(dynamic=False, backend="eager")  # dynamo's graph capture alone, no code generation
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        for batch_size in (4, 4, 3):  # the last validation batch is partial
+            images, _ = module.on_after_batch_transfer((torch.zeros(batch_size, 3, 32, 32, dtype=torch.uint8), None), 0)
+            module(images)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_fused_adamw_is_asked_for_only_where_the_kernel_exists_and_the_user_did_not_choose():
     assert _is_unset_fusable(functools.partial(torch.optim.AdamW, lr=1e-3))
     assert not _is_unset_fusable(functools.partial(torch.optim.AdamW, lr=1e-3, fused=False))

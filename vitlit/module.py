@@ -92,10 +92,13 @@ class ViTClassifier(L.LightningModule):
         return (images.float() / 255.0 - self.mean) / self.std
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, torch.Tensor):
-            return self.normalize(batch)
-        images, *rest = batch
-        return [self.normalize(images), *rest]
+        images, rest = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], list(batch[1:]))
+        images = self.normalize(images)
+        if self.compile_model and not self.training and len(images) > 1:
+            # One compiled eval graph for every batch size, so the last partial batch does not recompile.
+            # Training batches stay static (the data module drops the last partial one).
+            torch._dynamo.mark_dynamic(images, 0)
+        return images if rest is None else [images, *rest]
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place, so parameter names and checkpoints stay those of the plain model.
