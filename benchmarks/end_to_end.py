@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -114,12 +115,15 @@ def main() -> None:
                 print(f"  {name}: {seconds[name][-1]:.1f} s, val/acc {metrics['val/acc']:.4f}", flush=True)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    median = {name: sorted(values)[len(values) // 2] for name, values in seconds.items()}
+    median = {name: statistics.median(values) for name, values in seconds.items()}
     plain = median["plain PyTorch loop"]
-    rows = [[name, f"{value:.1f}", f"{value / plain:.3f}x"] for name, value in median.items()]
+    rows = [
+        [name, " / ".join(f"{value:.1f}" for value in seconds[name]), f"{value:.1f}", f"{value / plain:.3f}x"]
+        for name, value in median.items()
+    ]
     print(f"\nOne epoch (train + validation + checkpoint), {repeats} interleaved round(s), overrides {overrides}")
     print(f"{describe_machine(device)}\n")
-    print(markdown_table(["side", "wall s", "vs plain loop"], rows))
+    print(markdown_table(["side", "wall s per round", "median s", "vs plain loop"], rows))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def main() -> None:
                         "on" if compiled else "off",
                         precision,
                         mode,
-                        *(f"{value:.1f}" for value in throughput.values()),
+                        *(f"{value:.3g}" for value in throughput.values()),
                         f"{throughput['vitlit'] / best_other:.2f}x",
                         f"{achieved:.3g}",
                     ]
@@ -181,7 +181,7 @@ def main() -> None:
                     rows.append(row)
                     print(
                         f"  {device.type} compile={compiled} {precision} {mode}: "
-                        + ", ".join(f"{name} {value:.1f} img/s" for name, value in throughput.items()),
+                        + ", ".join(f"{name} {value:.3g} img/s" for name, value in throughput.items()),
                         flush=True,
                     )
                     del steps  # frees the optimisers' state before the next cell
