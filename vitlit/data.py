@@ -11,6 +11,7 @@ Validation uses ``val/`` when present, else ``test/``; testing uses ``test/`` wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,28 +103,53 @@ def check_same_classes(reference: ImageFolderSplit, other: ImageFolderSplit) -> 
         )
 
 
-def load_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB tensor (3, H, W), upright as its EXIF orientation says."""
+def load_rgb(path: str | os.PathLike, draft_size: int | None = None) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor (3, H, W), upright as its EXIF orientation says.
+
+    With ``draft_size``, JPEGs decode straight at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, much
+    cheaper than a full decode and a resize) while both sides stay at least ``draft_size``; other
+    formats ignore it.
+    """
     with Image.open(path) as image:
-        return pil_to_tensor(to_rgb(ImageOps.exif_transpose(image)))
+        if draft_size:
+            image.draft(None, (draft_size, draft_size))
+        ImageOps.exif_transpose(image, in_place=True)
+        return pil_to_tensor(image if image.mode == "RGB" else to_rgb(image))
+
+
+def load_all_rgb(paths: Sequence[str], draft_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Decode every image in ``paths`` (in threads: decoding releases the GIL) -> {path: uint8 (3, H, W)}."""
+    with ThreadPoolExecutor(max_workers=available_cpus()) as pool:
+        return dict(zip(paths, pool.map(functools.partial(load_rgb, draft_size=draft_size), paths), strict=True))
 
 
 class ImageFolderDataset(Dataset):
     """Decodes ``samples[i]`` to a uint8 RGB tensor (EXIF rotation applied) and applies ``transform``.
 
     Returns (image, label): image as produced by ``transform`` (3, S, S), label an int.
+    ``draft_size`` is passed to :func:`load_rgb`; ``decoded`` ({path: image}, e.g. from
+    :func:`load_all_rgb`) serves images decoded earlier instead of reading the files again.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        draft_size: int | None = None,
+        decoded: dict[str, torch.Tensor] | None = None,
+    ):
         self.samples = samples
         self.transform = transform
+        self.draft_size = draft_size
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
+        image = self.decoded[path] if self.decoded is not None else load_rgb(path, self.draft_size)
+        return self.transform(image), label
 
 
 def download_and_extract(url: str, root: Path, sha256: str, size: int | None = None) -> None:
@@ -174,10 +201,17 @@ def available_cpus() -> int:
 class ImageFolderDataModule(L.LightningDataModule):
     """Train/validation/test loaders over an image folder (see the module docstring for the layout).
 
-    Batches are (images float32 (B, 3, S, S) normalised with ``mean``/``std``, labels int64 (B,)).
+    Batches are (images uint8 (B, 3, S, S), labels int64 (B,)); the LightningModule normalises the
+    images on the device with ``mean``/``std`` (a quarter of float32's host-to-device traffic).
     ``download`` (``{url, sha256, size}``) fetches the dataset when ``root`` does not exist.
     ``num_workers=None`` uses every CPU core this process may run on; ``pin_memory=None`` pins when CUDA is available.
     ``bad_images``: ``error`` stops at set-up listing every image that does not decode; ``skip`` drops them.
+    ``fast_decode`` decodes JPEGs at a reduced scale that keeps at least the eval resize size
+    (``image_size / eval_crop_fraction``, 256 for 224) on both sides. ``cache`` decodes every image once at
+    set-up and keeps it in memory (shared with the loader workers), so no epoch reads a file again.
+    ``drop_last`` drops the last partial training batch, so every step has the same shape (no
+    ``torch.compile`` recompilation) and no step rests on a handful of images.
+    ``train_augment=False`` trains on the eval pipeline, as a frozen feature extractor usually does.
     """
 
     def __init__(
@@ -197,6 +231,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         download: dict | None = None,
         bad_images: str = "error",
         train_augment: bool = True,
+        fast_decode: bool = True,
+        cache: bool = False,
+        drop_last: bool = True,
     ):
         super().__init__()
         if batch_size < 1:
@@ -211,13 +248,18 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.download = download
-        self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std)
-        # train_augment=False trains on the eval pipeline, as a frozen feature extractor usually does.
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std, normalize=False)
         self.train_transform = (
-            train_transform(image_size, train_crop_scale, horizontal_flip, auto_augment, interpolation, mean, std)
+            train_transform(
+                image_size, train_crop_scale, horizontal_flip, auto_augment, interpolation, mean, std, normalize=False
+            )
             if train_augment
             else self.eval_transform
         )
+        self.draft_size = round(image_size / eval_crop_fraction) if fast_decode else None
+        self.cache = cache
+        self.drop_last = drop_last
         self.splits: dict[str, ImageFolderSplit] = {}
         self.datasets: dict[str, ImageFolderDataset] = {}
 
@@ -258,11 +300,18 @@ class ImageFolderDataModule(L.LightningDataModule):
         for folder in folders.values():
             check_same_classes(train, self._split(folder))
         self.splits = drop_bad_images(self.splits, self.bad_images, self.root, workers=min(available_cpus(), 8))
-        check_batch_size(self.batch_size, len(self.splits["train"].samples), drop_last=False)
+        check_batch_size(self.batch_size, len(self.splits["train"].samples), drop_last=self.drop_last)
+        decoded = None
+        if self.cache:
+            paths = sorted({path for folder in set(folders.values()) for path, _ in self.splits[folder].samples})
+            decoded = load_all_rgb(paths, self.draft_size)
+            megabytes = sum(image.numel() for image in decoded.values()) / 2**20
+            log.info("cached %d decoded images in memory (%.0f MiB)", len(decoded), megabytes)
         for stage_name, folder in folders.items():
-            split = self.splits[folder]
             transform = self.train_transform if stage_name == "train" else self.eval_transform
-            self.datasets[stage_name] = ImageFolderDataset(split.samples, transform)
+            self.datasets[stage_name] = ImageFolderDataset(
+                self.splits[folder].samples, transform, self.draft_size, decoded
+            )
         log.info("classes: %s", ", ".join(train.classes))
         for stage_name, folder in folders.items():
             split = self.splits[folder]
@@ -270,7 +319,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             log.info("%-5s uses %s (%d images: %s)", stage_name, split.path, len(split.samples), counts)
         log_dataset_summary(self.splits, self.root)
 
-    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+    def _loader(self, stage: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             self.datasets[stage],
             batch_size=self.batch_size,
@@ -278,10 +327,14 @@ class ImageFolderDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Keep a partial batch when it is all there is (each process sees 1/world_size of the images).
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        full_batch = len(self.datasets["train"]) >= self.batch_size * world_size
+        return self._loader("train", shuffle=True, drop_last=self.drop_last and full_batch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -25,6 +25,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -168,6 +169,8 @@ class ViT(nn.Module):
         layer_norm_eps: epsilon of every LayerNorm (1e-6 as in torchvision, timm and JAX).
         drop_path_rate: stochastic depth rate of the last block; block i uses rate * i / (depth - 1)
             (DeiT, timm). 0 disables it.
+        grad_checkpointing: recompute each encoder block's activations in the backward pass instead of
+            storing them (less memory for large batches or ViT-L, about a third more compute).
 
     ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -188,6 +191,7 @@ class ViT(nn.Module):
         mlp_dropout: float = 0.1,
         layer_norm_eps: float = 1e-6,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         _check_arguments(
@@ -207,6 +211,7 @@ class ViT(nn.Module):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_classes = num_classes
+        self.grad_checkpointing = grad_checkpointing
         num_patches = (image_size // patch_size) ** 2
 
         self.patch_embedding = PatchEmbedding(in_channels, patch_size, embed_dim)
@@ -268,8 +273,12 @@ class ViT(nn.Module):
         class_token = self.class_embedding.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat([class_token, tokens], dim=1)
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
-        tokens = tokens + resample_position_embedding(self.position_embedding, grid)
-        return self.transformer_encoder(self.embedding_dropout(tokens))
+        tokens = self.embedding_dropout(tokens + resample_position_embedding(self.position_embedding, grid))
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.transformer_encoder:
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
+            return tokens
+        return self.transformer_encoder(tokens)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off the class token."""

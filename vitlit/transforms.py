@@ -1,4 +1,8 @@
-"""Image pipelines (torchvision transforms v2): uint8 image tensor (3, H, W) -> normalised float (3, S, S)."""
+"""Image pipelines (torchvision transforms v2): uint8 image tensor (3, H, W) -> normalised float (3, S, S).
+
+With ``normalize=False`` they stay in uint8 (3, S, S): the data module sends uint8 batches to the device
+and the LightningModule normalises them there.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ def train_transform(
     interpolation: str = "bilinear",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    normalize: bool = True,
 ) -> v2.Compose:
-    """Random resized crop, horizontal flip, optional automatic augmentation, then normalisation."""
+    """Random resized crop, horizontal flip, optional automatic augmentation, then normalisation (if ``normalize``)."""
     steps = [
         v2.RandomResizedCrop(
             image_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
@@ -45,7 +50,7 @@ def train_transform(
         if auto_augment not in AUTO_AUGMENTS:
             raise ValueError(f"data.auto_augment={auto_augment!r} is not one of: {', '.join(AUTO_AUGMENTS)} (or null)")
         steps.append(AUTO_AUGMENTS[auto_augment]())  # these policies work on uint8 images
-    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return v2.Compose([*steps, *_to_normalised_float(mean, std, normalize)])
 
 
 def eval_transform(
@@ -54,15 +59,20 @@ def eval_transform(
     interpolation: str = "bilinear",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    normalize: bool = True,
 ) -> v2.Compose:
-    """Resize the shorter side to ``image_size / crop_fraction`` (256 for 224), then centre-crop ``image_size``."""
+    """Resize the shorter side to ``image_size / crop_fraction`` (256 for 224), centre-crop ``image_size``,
+    then normalise (if ``normalize``)."""
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"data.eval_crop_fraction must be in (0, 1], got {crop_fraction}")
     return v2.Compose(
         [
             v2.Resize(round(image_size / crop_fraction), interpolation=_interpolation(interpolation), antialias=True),
             v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
+            *_to_normalised_float(mean, std, normalize),
         ]
     )
+
+
+def _to_normalised_float(mean: Sequence[float], std: Sequence[float], normalize: bool) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)] if normalize else []

@@ -1,0 +1,1 @@
+"""Speed benchmarks: ``python -m benchmarks.<script> --help``. They print tables; nothing here is a test."""
