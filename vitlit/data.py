@@ -300,7 +300,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         for folder in folders.values():
             check_same_classes(train, self._split(folder))
         self.splits = drop_bad_images(self.splits, self.bad_images, self.root, workers=min(available_cpus(), 8))
-        check_batch_size(self.batch_size, len(self.splits["train"].samples), drop_last=self.drop_last)
+        check_batch_size(self.batch_size, len(self.splits["train"].samples), self.drop_last)
         decoded = None
         if self.cache:
             paths = sorted({path for folder in set(folders.values()) for path, _ in self.splits[folder].samples})

@@ -170,17 +170,14 @@ def log_dataset_summary(splits: Mapping[str, ImageFolderSplit], root: Path) -> N
 
 
 def check_batch_size(batch_size: int, num_images: int, drop_last: bool) -> None:
-    """A batch larger than the training set: an error with ``drop_last`` (no batch at all), else a note."""
+    """Note a batch larger than the training set: the loader keeps its one partial batch even with ``drop_last``,
+    since dropping it would leave an epoch with nothing to train on."""
     if batch_size <= num_images:
         return
-    if drop_last:
-        raise ValueError(
-            f"data.batch_size={batch_size} is larger than the {num_images} training images and the last "
-            "incomplete batch is dropped, so an epoch would train on nothing; lower data.batch_size"
-        )
     log.warning(
-        "data.batch_size=%d is larger than the %d training images: each epoch is one batch of %d",
+        "data.batch_size=%d is larger than the %d training images: each epoch is one batch of %d%s",
         batch_size,
         num_images,
         num_images,
+        " (kept although data.drop_last=true, or no batch would be left)" if drop_last else "",
     )
