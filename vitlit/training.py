@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from vitlit.report import RunReport
+
 log = logging.getLogger(__name__)
 
 # Config sections whose values go to TensorBoard's HPARAMS tab.
@@ -85,6 +87,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metrics["test/acc"],
                 best or "last weights",
             )
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunReport):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            callback.write(cfg.paths.output_dir, trainer, metrics, best_checkpoint=best or None)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: value for key, value in resolved.items() if key in HPARAM_SECTIONS}
