@@ -31,21 +31,30 @@ class TensorBoardDashboards(StageResultsCallback):
     - ``<stage>/attention``: the same sample under the ViT's class-token attention (``attention`` =
       ``rollout`` or ``last_layer``; null skips it).
 
+    ``every_n_epochs`` > 1 draws validation only every n-th epoch and the last (each drawing costs a
+    few CPU seconds, which matters when a GPU makes epochs short).
+
     Per-class precision, recall and F1 go to the SCALARS tab as ``<stage>_per_class/<metric>/<class>``:
     validation's once, when fitting ends (from the last validation epoch), and the test run's.
     Does nothing without a TensorBoard logger.
     """
 
-    def __init__(self, num_images: int = 16, attention: str | None = "rollout"):
+    def __init__(self, num_images: int = 16, attention: str | None = "rollout", every_n_epochs: int = 1):
         super().__init__(num_images)
+        if every_n_epochs < 1:
+            raise ValueError(f"callbacks.dashboards.every_n_epochs must be at least 1, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
         if attention is not None and attention not in ATTENTION_METHODS:
             raise ValueError(
                 f"callbacks.dashboards.attention={attention!r} is not one of: {', '.join(ATTENTION_METHODS)} (or null)"
             )
         self.attention = attention
 
-    def active(self, trainer: L.Trainer) -> bool:
-        return tensorboard_writer(trainer) is not None
+    def active(self, trainer: L.Trainer, stage: str) -> bool:
+        if tensorboard_writer(trainer) is None:
+            return False
+        epoch = trainer.current_epoch + 1
+        return stage != "val" or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
 
     def on_stage_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, summary: StageSummary) -> None:
         maps = self._attention(trainer, pl_module, summary)  # on every process: sharded models need them all
@@ -84,7 +93,7 @@ class TensorBoardDashboards(StageResultsCallback):
         return maps.float().cpu()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if "val" in self.summaries and trainer.is_global_zero and self.active(trainer):
+        if "val" in self.summaries and trainer.is_global_zero and tensorboard_writer(trainer) is not None:
             self._log_per_class(trainer, "val", self.summaries["val"])
 
     @staticmethod

@@ -134,7 +134,7 @@ class StageResultsCallback(L.Callback):
     """Feeds validation and test batches (and the logits their steps return) to a :class:`StageResults`
     per stage, and hands each finished stage's summary to :meth:`on_stage_end`. Sanity checks are skipped.
 
-    Subclasses decide what to do with a summary; ``active`` (default True) turns the collection off.
+    Subclasses decide what to do with a summary; ``active`` (default True) turns the collection off for a stage.
     """
 
     def __init__(self, num_images: int = 16):
@@ -142,7 +142,7 @@ class StageResultsCallback(L.Callback):
         self.results: dict[str, StageResults] = {}
         self.summaries: dict[str, StageSummary] = {}
 
-    def active(self, trainer: L.Trainer) -> bool:
+    def active(self, trainer: L.Trainer, stage: str) -> bool:
         return True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -151,7 +151,7 @@ class StageResultsCallback(L.Callback):
             self.results = {name: StageResults(class_names, self.num_images) for name in ("val", "test")}
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.sanity_checking or not self.active(trainer):
+        if trainer.sanity_checking or not self.active(trainer, stage):
             return
         if stage == "val":
             size = _stage_size(trainer.val_dataloaders, trainer.num_val_batches)
@@ -160,7 +160,7 @@ class StageResultsCallback(L.Callback):
         self.results[stage].start(size, pl_module.device)
 
     def _update(self, trainer: L.Trainer, outputs: object, batch: object, stage: str, dataloader_idx: int) -> None:
-        if trainer.sanity_checking or dataloader_idx != 0 or not self.active(trainer):
+        if trainer.sanity_checking or dataloader_idx != 0 or not self.active(trainer, stage):
             return
         if not isinstance(outputs, dict) or "logits" not in outputs:
             raise RuntimeError(
@@ -171,7 +171,7 @@ class StageResultsCallback(L.Callback):
         self.results[stage].update(images, labels, outputs["logits"])
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.sanity_checking or not self.active(trainer):
+        if trainer.sanity_checking or not self.active(trainer, stage):
             return
         self.summaries[stage] = self.results[stage].compute()
         self.on_stage_end(trainer, pl_module, stage, self.summaries[stage])
