@@ -58,9 +58,11 @@ def png_size(data: bytes | Path) -> tuple[int, int]:
     return image.size
 
 
-# Figure sizes are fixed in inches at 100 dpi: confusion matrix 7.2 x 6 for up to 5 classes; grids 3 x 3.4 per image.
+# Figure sizes are fixed in inches at 100 dpi: confusion matrix 7.2 x 6 for up to 5 classes; grids 3 x 3.45 per image,
+# plus 0.4 for the attention grid's heading.
 CONFUSION_SIZE = (720, 600)
-GRID_SIZE = (3 * 300, 2 * 340)
+GRID_SIZE = (3 * 300, 2 * 345)
+ATTENTION_SIZE = (3 * 300, 2 * 345 + 40)
 CURVES_SIZE = (1200, 450)
 
 
@@ -73,7 +75,8 @@ def test_tensorboard_shows_confusion_matrix_predictions_and_attention_every_vali
     assert len(events.Images("test/confusion_matrix")) == 1
     sizes = {tag: png_size(events.Images(tag)[-1].encoded_image_string) for tag in images}
     assert sizes["val/confusion_matrix"] == sizes["test/confusion_matrix"] == CONFUSION_SIZE
-    assert sizes["val/predictions"] == sizes["val/attention"] == GRID_SIZE
+    assert sizes["val/predictions"] == sizes["test/predictions"] == GRID_SIZE
+    assert sizes["val/attention"] == sizes["test/attention"] == ATTENTION_SIZE
 
 
 def test_tensorboard_scalars_are_sane_and_per_class_scores_match_the_confusion_matrix(pictured_run):

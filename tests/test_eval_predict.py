@@ -51,8 +51,9 @@ def hand_predictions(checkpoint: Path, files: list[Path]) -> torch.Tensor:
 
 def test_eval_accuracy_equals_the_accuracy_of_the_checkpoint_computed_by_hand(trained, tmp_path):
     root, checkpoint = trained
-    cfg = command_config("eval", [f"ckpt_path={checkpoint}", "callbacks.progress_bar=null"], tmp_path / "eval")
-    metrics = evaluate(cfg)
+    before = sorted(checkpoint.parent.iterdir())
+    overrides = [f"ckpt_path={checkpoint}", "data=image_folder", f"data.root={root}", "callbacks.progress_bar=null"]
+    metrics = evaluate(command_config("eval", overrides, tmp_path / "eval"))
     files = sorted((root / "test").rglob("*.jpg"))
     labels = torch.tensor([CLASSES.index(path.parent.name) for path in files])
     by_hand = (hand_predictions(checkpoint, files).argmax(dim=1) == labels).float().mean().item()
@@ -65,6 +66,7 @@ def test_eval_accuracy_equals_the_accuracy_of_the_checkpoint_computed_by_hand(tr
     for name in ("curves.png", "confusion_matrix.png", "predictions.png"):
         Image.open(tmp_path / "eval" / name).load()
     assert (tmp_path / "eval" / "tensorboard").is_dir()
+    assert sorted(checkpoint.parent.iterdir()) == before  # nothing written beside the checkpoint
 
 
 def test_eval_refuses_data_with_other_classes(trained, tmp_path):
@@ -169,17 +171,3 @@ def test_predict_command_prints_json_alone_with_the_json_flag(trained, tmp_path)
     assert all(len(entry["predictions"]) == 3 for entry in printed)
     assert not (tmp_path / "run" / "annotated").exists()
     assert "classifying 3 images" in (tmp_path / "run" / "predict.log").read_text()
-
-
-def test_eval_command_writes_the_report_into_its_own_run_folder(trained, tmp_path):
-    root, checkpoint = trained
-    before = sorted(checkpoint.parent.iterdir())
-    result = run_module(
-        "vitlit.eval", f"ckpt_path={checkpoint}", "data=image_folder", f"data.root={root}",
-        "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-    )  # fmt: skip
-    assert "Per class (test)" in result.stdout + result.stderr
-    assert {"metrics.json", "confusion_matrix.png", "predictions.png", "curves.png", "eval.log"} <= {
-        path.name for path in (tmp_path / "run").iterdir()
-    }
-    assert sorted(checkpoint.parent.iterdir()) == before  # nothing written beside the checkpoint

@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 DPI = 100
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # title colours of correct and wrong predictions
 CURVES_SIZE = (12.0, 4.5)  # inches: 1200 x 450 pixels
-CELL_SIZE = (3.0, 3.4)  # inches per image of a grid: the image and a two-line title
+CELL_SIZE = (3.0, 3.45)  # inches per image of a grid: the image and a two-line title
+HEADING_HEIGHT = 0.4  # inches above a grid with a heading
 
 
 def display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -114,14 +115,34 @@ def confusion_matrix_figure(counts: np.ndarray, class_names: Sequence[str], titl
     return figure
 
 
-def _grid(num_images: int) -> tuple[Figure, list]:
+def _grid(num_images: int, heading: str | None = None) -> tuple[Figure, list]:
+    """A figure of square image cells with room for a two-line title above each (and ``heading`` on top).
+
+    Cells are placed by hand: a layout engine spends most of a grid's drawing time measuring ticks.
+    """
     columns = min(num_images, math.ceil(math.sqrt(num_images)))
     rows = math.ceil(num_images / columns)
-    figure = Figure(figsize=(CELL_SIZE[0] * columns, CELL_SIZE[1] * rows), dpi=DPI, layout="constrained")
-    cells = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel()).tolist()
-    for axes in cells:
+    cell_width, cell_height = CELL_SIZE
+    top = HEADING_HEIGHT if heading else 0.0
+    width, height = cell_width * columns, cell_height * rows + top
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    margin = 0.05  # inches between images
+    cells = []
+    for index in range(num_images):
+        row, column = divmod(index, columns)
+        left = column * cell_width + margin
+        bottom = height - top - (row + 1) * cell_height + margin
+        side = cell_width - 2 * margin
+        axes = figure.add_axes((left / width, bottom / height, side / width, side / height))
         axes.set_axis_off()
-    return figure, cells[:num_images]
+        cells.append(axes)
+    if heading:
+        figure.text(0.5, 1.0 - 0.5 * top / height, heading, ha="center", va="center", fontsize=14)
+    return figure, cells
+
+
+def _cell_title(axes, text: str, colour: str) -> None:
+    axes.text(0.5, 1.01, text, transform=axes.transAxes, ha="center", va="bottom", color=colour, fontsize=11)
 
 
 def prediction_title(predicted: str, probability: float) -> str:
@@ -139,7 +160,7 @@ def prediction_grid_figure(
         predicted = int(row.argmax())
         axes.imshow(image)
         title = f"{prediction_title(class_names[predicted], float(row[predicted]))}\nTrue: {class_names[label]}"
-        axes.set_title(title, color=RIGHT if predicted == label else WRONG, fontsize=11)
+        _cell_title(axes, title, RIGHT if predicted == label else WRONG)
     return figure
 
 
@@ -155,13 +176,11 @@ def attention_figure(
     and drawn as a translucent heat map (bright: where the class token looked)."""
     maps = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
     upsampled = F.interpolate(maps[:, None], size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
-    figure, cells = _grid(len(images))
+    figure, cells = _grid(len(images), heading=f"Class-token attention ({method.replace('_', ' ')})")
     for axes, image, heat, label, guess in zip(cells, images, upsampled.numpy(), labels, predicted, strict=True):
         axes.imshow(image)
         axes.imshow(heat, cmap="inferno", alpha=0.55, vmin=0.0, vmax=1.0)
-        title = f"Pred: {class_names[guess]}\nTrue: {class_names[label]}"
-        axes.set_title(title, color=RIGHT if guess == label else WRONG, fontsize=11)
-    figure.suptitle(f"Class-token attention ({method.replace('_', ' ')})")
+        _cell_title(axes, f"Pred: {class_names[guess]}\nTrue: {class_names[label]}", RIGHT if guess == label else WRONG)
     return figure
 
 
