@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 
 import lightning as L
 import numpy as np
@@ -14,8 +13,6 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from vitlit.attention import ATTENTION_METHODS, attention_maps
 from vitlit.figures import attention_figure, confusion_matrix_figure, figure_to_array, prediction_grid_figure
 from vitlit.stage_results import StageResultsCallback, StageSummary, display_sample
-
-log = logging.getLogger(__name__)
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -51,8 +48,8 @@ class TensorBoardDashboards(StageResultsCallback):
     - ``<stage>/attention``: the same sample under the ViT's class-token attention (``attention`` =
       ``rollout`` or ``last_layer``; null skips it).
 
-    ``every_n_epochs`` > 1 draws validation only every n-th epoch and the last (each drawing costs a
-    few CPU seconds, which matters when a GPU makes epochs short).
+    ``every_n_epochs`` > 1 draws validation only every n-th epoch and the last (each drawing costs
+    about a CPU second, which matters when a GPU makes epochs short).
 
     Per-class precision, recall and F1 go to the SCALARS tab as ``<stage>_per_class/<metric>/<class>``:
     validation's once, when fitting ends (from the last validation epoch), and the test run's.
@@ -78,7 +75,7 @@ class TensorBoardDashboards(StageResultsCallback):
 
     def on_stage_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, summary: StageSummary) -> None:
         maps = self._attention(trainer, pl_module, summary)  # on every process: sharded models need them all
-        if not trainer.is_global_zero or not len(summary.labels):
+        if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)
         step = trainer.global_step
@@ -89,9 +86,10 @@ class TensorBoardDashboards(StageResultsCallback):
             )
         }
         images = display_sample(summary.images, trainer.datamodule)
-        figures["predictions"] = prediction_grid_figure(
-            images, summary.labels, summary.probabilities, summary.class_names
-        )
+        if len(summary.labels):
+            figures["predictions"] = prediction_grid_figure(
+                images, summary.labels, summary.probabilities, summary.class_names
+            )
         if maps is not None:
             predicted = summary.probabilities.argmax(axis=1).tolist()
             figures["attention"] = attention_figure(
