@@ -176,7 +176,8 @@ def attention_figure(
     and drawn as a translucent heat map (bright: where the class token looked)."""
     maps = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
     upsampled = F.interpolate(maps[:, None], size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
-    figure, cells = _grid(len(images), heading=f"Class-token attention ({method.replace('_', ' ')})")
+    heading = f"Class-token attention ({method.replace('_', ' ')}): brighter is more attention"
+    figure, cells = _grid(len(images), heading=heading)
     for axes, image, heat, label, guess in zip(cells, images, upsampled.numpy(), labels, predicted, strict=True):
         axes.imshow(image)
         axes.imshow(heat, cmap="inferno", alpha=0.55, vmin=0.0, vmax=1.0)
