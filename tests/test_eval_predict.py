@@ -134,8 +134,10 @@ def test_files_that_are_not_vitlit_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*missing\.ckpt"):
         read_checkpoint(tmp_path / "missing.ckpt")
     write_image(tmp_path / "photo.jpg", (0, 0, 0), (40, 40), 0)
-    with pytest.raises(ValueError, match=r"photo\.jpg is not a vitlit checkpoint: torch\.load cannot read it"):
-        read_checkpoint(tmp_path / "photo.jpg")
+    (tmp_path / "config.yaml").write_text("model:\n  depth: 2\n")
+    for name in ("photo.jpg", "config.yaml"):
+        with pytest.raises(ValueError, match=rf"{name} is not a vitlit checkpoint: torch\.load cannot read it"):
+            read_checkpoint(tmp_path / name)
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match=r"other\.ckpt is not a vitlit checkpoint: it lacks .*'net' and 'class_names'"):
         read_checkpoint(tmp_path / "other.ckpt")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}; {hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+    except Exception as error:  # torch.load raises many kinds (UnpicklingError, RuntimeError, IndexError, ...)
         raise ValueError(f"{path} is not a vitlit checkpoint: torch.load cannot read it ({error}); {hint}") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
