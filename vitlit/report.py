@@ -138,8 +138,8 @@ class RunReport(StageResultsCallback):
         self.started = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs before ModelCheckpoint saves (Lightning calls checkpoint callbacks last), so a checkpoint's
-        # history includes its own epoch's validation.
+        # This and on_train_epoch_end run before ModelCheckpoint saves (Lightning calls checkpoint callbacks
+        # last), so a checkpoint's history includes its own epoch.
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._record(trainer, "val")
 
