@@ -60,6 +60,8 @@ TINY_RUN = [
     "trainer.max_epochs=2",
     "model.optimizer.lr=3e-3",
     "callbacks.progress_bar=null",
+    "callbacks.dashboards=null",  # pictures cost seconds per epoch; test_dashboards.py and test_eval_predict.py
+    "callbacks.run_report=null",  # turn them back on
 ]
 
 

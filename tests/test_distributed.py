@@ -45,7 +45,7 @@ def test_ddp_on_two_cpu_processes_logs_what_one_process_computes(tmp_path: Path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
 
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())["final"]
     accuracy, loss = evaluate(run / "checkpoints" / "last.ckpt", root, "val")
     assert metrics["val/acc"] == pytest.approx(accuracy, abs=1e-6)
     assert metrics["val/loss"] == pytest.approx(loss, abs=1e-5)

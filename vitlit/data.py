@@ -236,6 +236,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         drop_last: bool = True,
     ):
         super().__init__()
+        # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
+        self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
         if num_workers is not None and num_workers < 0:

@@ -129,7 +129,7 @@ class ViTClassifier(L.LightningModule):
 
     def _shared_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images)
         smoothing = self.label_smoothing if stage == "train" else 0.0
@@ -141,16 +141,19 @@ class ViTClassifier(L.LightningModule):
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True
         )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", self.train_acc)
+        return self._shared_step(batch, "train", self.train_acc)[0]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val", self.val_acc)
+    # The logits go to callbacks' on_*_batch_end (confusion matrix, prediction grid, run report).
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, logits = self._shared_step(batch, "val", self.val_acc)
+        return {"loss": loss, "logits": logits}
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test", self.test_acc)
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, logits = self._shared_step(batch, "test", self.test_acc)
+        return {"loss": loss, "logits": logits}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The state dict already holds the pretrained weights: rebuilding from a checkpoint must not need

@@ -23,7 +23,7 @@ from rich.table import Table
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.csv"
-METRICS_FILE = "metrics.json"  # written by vitlit.training.train into each run folder
+METRICS_FILE = "metrics.json"  # written into each run folder by vitlit.report.RunReport or vitlit.training.train
 DEFAULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
 
 
@@ -58,7 +58,7 @@ def job_row(job_return: JobReturn, output_dir: Path, metric_names: tuple[str, ..
     value = job_return._return_value  # the property re-raises a failed job's exception
     error = describe(value) if job_return.status == JobStatus.FAILED else getattr(value, "error", "")
     metrics_path = output_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() and not error else {}
+    metrics = json.loads(metrics_path.read_text())["final"] if metrics_path.is_file() and not error else {}
     return {
         "job": job_return.hydra_cfg.hydra.job.num,
         "overrides": list(job_return.overrides or []),

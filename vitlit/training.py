@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitlit.checkpoint_checks import check_checkpoint_fits, load_backbone
 from vitlit.config_checks import check_config_types
+from vitlit.report import RunReport
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 best or "last weights",
             )
 
+    reports = [callback for callback in trainer.callbacks if isinstance(callback, RunReport)]
+    for report in reports:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        report.write(cfg.paths.output_dir, trainer, metrics, best_checkpoint=best or None)
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: value for key, value in resolved.items() if key in HPARAM_SECTIONS}
     final = {name: metrics[name] for name in HPARAM_METRICS if name in metrics}
@@ -125,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, metrics=final, step=fit_steps)
             logger.finalize("success")
-    if trainer.is_global_zero:  # read by the sweep summary (vitlit.sweep)
-        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_global_zero and not reports:  # the sweep summary (vitlit.sweep) reads its "final" metrics
+        final_metrics = {"final": dict(sorted(metrics.items()))}
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(final_metrics, indent=2) + "\n")
     return metrics

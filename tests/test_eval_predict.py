@@ -1,0 +1,175 @@
+"""``vitlit.eval`` and ``vitlit.predict``: a checkpoint alone evaluates and classifies images."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF_DIR, REPO_ROOT, TINY_RUN, compose_config, make_image_folder, write_image
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from vitlit.checkpoints import checkpoint_eval_transform, classifier_from_checkpoint, read_checkpoint
+from vitlit.data import load_rgb
+from vitlit.eval import evaluate
+from vitlit.module import ViTClassifier
+from vitlit.predict import image_files, predict
+from vitlit.training import train
+
+CLASSES = ("cat", "dog", "owl")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 1-epoch tiny run: (image root, best checkpoint). Its run report keeps the training history in checkpoints."""
+    tmp = tmp_path_factory.mktemp("trained")
+    root = make_image_folder(tmp / "images", {"train": dict.fromkeys(CLASSES, 4), "test": dict.fromkeys(CLASSES, 3)})
+    overrides = [option for option in TINY_RUN if option != "callbacks.run_report=null"]
+    train(compose_config([*overrides, f"data.root={root}", "trainer.max_epochs=1", "test=false"], tmp / "run"))
+    return root, next((tmp / "run" / "checkpoints").glob("epoch_*.ckpt"))
+
+
+def command_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def hand_predictions(checkpoint: Path, files: list[Path]) -> torch.Tensor:
+    """Logits of the checkpoint's model for ``files``, computed without vitlit's eval or predict code."""
+    module = ViTClassifier.load_from_checkpoint(checkpoint).eval()
+    transform = checkpoint_eval_transform(read_checkpoint(checkpoint))
+    with torch.no_grad():
+        return module(torch.stack([transform(load_rgb(path)) for path in files]))
+
+
+def test_eval_accuracy_equals_the_accuracy_of_the_checkpoint_computed_by_hand(trained, tmp_path):
+    root, checkpoint = trained
+    before = sorted(checkpoint.parent.iterdir())
+    overrides = [f"ckpt_path={checkpoint}", "data=image_folder", f"data.root={root}", "callbacks.progress_bar=null"]
+    metrics = evaluate(command_config("eval", overrides, tmp_path / "eval"))
+    files = sorted((root / "test").rglob("*.jpg"))
+    labels = torch.tensor([CLASSES.index(path.parent.name) for path in files])
+    by_hand = (hand_predictions(checkpoint, files).argmax(dim=1) == labels).float().mean().item()
+    assert metrics["test/acc"] == pytest.approx(by_hand)
+
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["checkpoint"] == str(checkpoint) and report["stage"] == "test"
+    assert report["final"]["test/acc"] == pytest.approx(by_hand)
+    assert [row["epoch"] for row in report["history"]] == [1]  # the training history the checkpoint carries
+    for name in ("curves.png", "confusion_matrix.png", "predictions.png"):
+        Image.open(tmp_path / "eval" / name).load()
+    assert (tmp_path / "eval" / "tensorboard").is_dir()
+    assert sorted(checkpoint.parent.iterdir()) == before  # nothing written beside the checkpoint
+
+
+def test_eval_refuses_data_with_other_classes(trained, tmp_path):
+    _, checkpoint = trained
+    other = make_image_folder(tmp_path / "other", {"train": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}})
+    cfg = command_config("eval", [f"ckpt_path={checkpoint}", "data=image_folder", f"data.root={other}"], tmp_path)
+    with pytest.raises(ValueError, match=r"trained on the classes \['cat', 'dog', 'owl'\], but .*other/train holds"):
+        evaluate(cfg)
+
+
+def test_predict_returns_probabilities_that_sum_to_one_and_the_argmax_of_the_logits(trained, tmp_path):
+    root, checkpoint = trained
+    photo = root / "test" / "owl" / "0.jpg"
+    cfg = command_config(
+        "predict", [f"ckpt_path={checkpoint}", f"inputs=[{photo},{root / 'test'}]", "top_k=2"], tmp_path / "p"
+    )
+    records = predict(cfg)
+    files = sorted((root / "test").rglob("*.jpg"))
+    assert [record["path"] for record in records] == [str(photo)] + [str(p) for p in files if p != photo]
+    logits = hand_predictions(checkpoint, [Path(record["path"]) for record in records])
+    for record, row in zip(records, logits, strict=True):
+        probabilities = torch.tensor([record["probabilities"][name] for name in CLASSES])
+        assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert torch.allclose(probabilities, row.softmax(dim=0), atol=1e-6)
+        assert record["predictions"][0]["class"] == CLASSES[int(row.argmax())]
+        assert len(record["predictions"]) == 2
+        assert record["predictions"][0]["probability"] >= record["predictions"][1]["probability"]
+        assert Image.open(record["annotated"]).size[0] >= 400
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text()) == records
+    assert records[0]["annotated"] == str(tmp_path / "p" / "annotated" / "0.png")
+    assert records[1]["annotated"] == str(tmp_path / "p" / "annotated" / "test" / "cat" / "0.png")
+
+
+def test_predict_takes_a_checkpoint_of_any_model_size_with_its_own_image_size(tmp_path):
+    module = ViTClassifier(net={"image_size": 64, "patch_size": 32, "embed_dim": 16, "depth": 1, "num_heads": 2,
+                                "mlp_dim": 32}, class_names=["a", "b"])  # fmt: skip
+    checkpoint = {
+        "hyper_parameters": dict(module.hparams),
+        "state_dict": module.state_dict(),
+        "datamodule_hyper_parameters": {
+            "image_size": 64,
+            "eval_crop_fraction": 1.0,
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
+    }
+    torch.save(checkpoint, tmp_path / "small.ckpt")
+    assert checkpoint_eval_transform(read_checkpoint(tmp_path / "small.ckpt"))(torch.zeros(3, 90, 120)).shape == (
+        3,
+        64,
+        64,
+    )
+    write_image(tmp_path / "photo.png", (10, 200, 10), (120, 90), 0)
+    rebuilt = classifier_from_checkpoint(read_checkpoint(tmp_path / "small.ckpt"))
+    assert rebuilt.model.patch_size == 32
+    cfg = command_config(
+        "predict", [f"ckpt_path={tmp_path / 'small.ckpt'}", f"inputs={tmp_path / 'photo.png'}"], tmp_path
+    )
+    [record] = predict(cfg)
+    assert set(record["probabilities"]) == {"a", "b"}  # a zero-initialised head: uniform
+    assert record["probabilities"]["a"] == pytest.approx(0.5)
+
+
+def test_files_that_are_not_vitlit_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*missing\.ckpt"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+    write_image(tmp_path / "photo.jpg", (0, 0, 0), (40, 40), 0)
+    (tmp_path / "config.yaml").write_text("model:\n  depth: 2\n")
+    for name in ("photo.jpg", "config.yaml"):
+        with pytest.raises(ValueError, match=rf"{name} is not a vitlit checkpoint: torch\.load cannot read it"):
+            read_checkpoint(tmp_path / name)
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"other\.ckpt is not a vitlit checkpoint: it lacks .*'net' and 'class_names'"):
+        read_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_predict_inputs_that_are_not_images_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no file or folder at .*nowhere\.jpg"):
+        image_files([str(tmp_path / "nowhere.jpg")])
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.txt is not an image file"):
+        image_files([str(tmp_path / "notes.txt")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder .*empty holds no images"):
+        image_files(str(tmp_path / "empty"))
+
+
+def run_module(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", module, *overrides]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's vitlit, wherever it runs
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_predict_command_prints_json_alone_with_the_json_flag(trained, tmp_path):
+    root, checkpoint = trained
+    result = run_module(
+        "vitlit.predict", f"ckpt_path={checkpoint}", f"inputs=[{root / 'test' / 'dog'}]", "json=true",
+        "annotate=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    printed = json.loads(result.stdout)  # nothing else on stdout
+    assert [Path(entry["path"]).name for entry in printed] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert all(len(entry["predictions"]) == 3 for entry in printed)
+    assert not (tmp_path / "run" / "annotated").exists()
+    assert "classifying 3 images" in (tmp_path / "run" / "predict.log").read_text()

@@ -1,0 +1,92 @@
+"""Reading vitlit checkpoints outside training: the classifier, its class names and its eval transform.
+
+A checkpoint written by ``train.py`` holds the module's hyperparameters (``net``, ``class_names``)
+and the data module's (``datamodule_hyper_parameters``: root, image size, crop fraction,
+interpolation, mean, std), so it alone rebuilds the model and the images it expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from vitlit.module import ViTClassifier
+from vitlit.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+# The data module's settings that define what the model sees at evaluation time.
+EVAL_TRANSFORM_KEYS = ("image_size", "eval_crop_fraction", "interpolation", "mean", "std")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU; raise a clear error if it is missing or not a vitlit checkpoint."""
+    path = Path(path).expanduser()
+    hint = "pass ckpt_path=<run folder>/checkpoints/last.ckpt (or epoch_NNN.ckpt), as written by train.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many kinds (UnpicklingError, RuntimeError, IndexError, ...)
+        raise ValueError(f"{path} is not a vitlit checkpoint: torch.load cannot read it ({error}); {hint}") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    if (
+        not isinstance(hparams, Mapping)
+        or not {"net", "class_names"} <= hparams.keys()
+        or not isinstance(state, Mapping)
+        or not any(key.startswith("model.") for key in state)
+    ):
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"{path} is not a vitlit checkpoint: it lacks the hyperparameters 'net' and 'class_names' or the "
+            f"'model.*' weights of vitlit.module.ViTClassifier (top-level keys: {found}); {hint}"
+        )
+    return checkpoint
+
+
+def classifier_from_checkpoint(checkpoint: Mapping[str, Any]) -> ViTClassifier:
+    """The trained :class:`ViTClassifier` (any model size), in eval mode on the CPU."""
+    module = ViTClassifier(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()
+
+
+def class_names(checkpoint: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(checkpoint["hyper_parameters"]["class_names"])
+
+
+def data_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The data module's arguments saved with the checkpoint (empty for checkpoints that predate them)."""
+    return dict(checkpoint.get("datamodule_hyper_parameters") or {})
+
+
+def eval_transform_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The eval transform's settings the model was trained with: ``EVAL_TRANSFORM_KEYS`` -> value.
+
+    Checkpoints without data module settings fall back to the model's image size and the defaults
+    (ImageNet mean/std, crop fraction 0.875, bilinear), with a warning.
+    """
+    saved = data_settings(checkpoint)
+    settings = {key: saved[key] for key in EVAL_TRANSFORM_KEYS if key in saved}
+    if len(settings) < len(EVAL_TRANSFORM_KEYS):
+        missing = [key for key in EVAL_TRANSFORM_KEYS if key not in settings]
+        log.warning("the checkpoint does not record the data settings %s; using vitlit's defaults", missing)
+        settings.setdefault("image_size", checkpoint["hyper_parameters"]["net"].get("image_size", 224))
+    return settings
+
+
+def checkpoint_eval_transform(checkpoint: Mapping[str, Any]) -> v2.Compose:
+    """uint8 image (3, H, W) -> the normalised (3, S, S) input the checkpoint's model expects."""
+    settings = eval_transform_settings(checkpoint)
+    return eval_transform(
+        settings["image_size"],
+        crop_fraction=settings.get("eval_crop_fraction", 0.875),
+        **{key: settings[key] for key in ("interpolation", "mean", "std") if key in settings},
+    )

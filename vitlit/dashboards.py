@@ -1,0 +1,122 @@
+"""TensorBoard pictures of each validation epoch and of the test run: confusion matrix, predictions, attention."""
+
+from __future__ import annotations
+
+import io
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from vitlit.attention import ATTENTION_METHODS, attention_maps
+from vitlit.figures import attention_figure, confusion_matrix_figure, figure_to_array, prediction_grid_figure
+from vitlit.stage_results import StageResultsCallback, StageSummary, display_sample
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    """The ``SummaryWriter`` of the trainer's first TensorBoard logger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def add_image(writer, tag: str, image: np.ndarray, step: int, photo: bool = False) -> None:
+    """Add an RGB uint8 image (H, W, 3) to TensorBoard's IMAGES tab.
+
+    ``photo=True`` stores it as a JPEG: ``SummaryWriter.add_image`` always encodes PNG, which takes
+    about a second for a grid of photos, every epoch; a JPEG takes a few milliseconds.
+    """
+    if not photo:
+        writer.add_image(tag, image, step, dataformats="HWC")
+        return
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    height, width = image.shape[:2]
+    encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
+
+
+class TensorBoardDashboards(StageResultsCallback):
+    """Adds images to TensorBoard's IMAGES tab after every validation epoch (``val/...``) and test run (``test/...``):
+
+    - ``<stage>/confusion_matrix``: class names on the axes, counts, row-normalised colours;
+    - ``<stage>/predictions``: a fixed sample of ``num_images`` images, spread over the stage's images,
+      in real colours, titled ``Pred: <class> | Prob: <p>`` and ``True: <class>`` (green right, red wrong);
+    - ``<stage>/attention``: the same sample under the ViT's class-token attention (``attention`` =
+      ``rollout`` or ``last_layer``; null skips it).
+
+    ``every_n_epochs`` > 1 draws validation only every n-th epoch and the last (each drawing costs
+    about a CPU second, which matters when a GPU makes epochs short).
+
+    Per-class precision, recall and F1 go to the SCALARS tab as ``<stage>_per_class/<metric>/<class>``:
+    validation's once, when fitting ends (from the last validation epoch), and the test run's.
+    Does nothing without a TensorBoard logger.
+    """
+
+    def __init__(self, num_images: int = 16, attention: str | None = "rollout", every_n_epochs: int = 1):
+        super().__init__(num_images)
+        if every_n_epochs < 1:
+            raise ValueError(f"callbacks.dashboards.every_n_epochs must be at least 1, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        if attention is not None and attention not in ATTENTION_METHODS:
+            raise ValueError(
+                f"callbacks.dashboards.attention={attention!r} is not one of: {', '.join(ATTENTION_METHODS)} (or null)"
+            )
+        self.attention = attention
+
+    def active(self, trainer: L.Trainer, stage: str) -> bool:
+        if tensorboard_writer(trainer) is None:
+            return False
+        epoch = trainer.current_epoch + 1
+        return stage != "val" or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+
+    def on_stage_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, summary: StageSummary) -> None:
+        maps = self._attention(trainer, pl_module, summary)  # on every process: sharded models need them all
+        if not trainer.is_global_zero:
+            return
+        writer = tensorboard_writer(trainer)
+        step = trainer.global_step
+        title = f"{stage}, epoch {trainer.current_epoch + 1}" if stage == "val" else stage
+        figures = {
+            "confusion_matrix": confusion_matrix_figure(
+                summary.counts, summary.class_names, f"Confusion matrix ({title}): accuracy {summary.accuracy:.4f}"
+            )
+        }
+        images = display_sample(summary.images, trainer.datamodule)
+        if len(summary.labels):
+            figures["predictions"] = prediction_grid_figure(
+                images, summary.labels, summary.probabilities, summary.class_names
+            )
+        if maps is not None:
+            predicted = summary.probabilities.argmax(axis=1).tolist()
+            figures["attention"] = attention_figure(
+                images, maps, summary.labels, predicted, summary.class_names, self.attention
+            )
+        for name, figure in figures.items():
+            add_image(writer, f"{stage}/{name}", figure_to_array(figure), step, photo=name != "confusion_matrix")
+        if stage == "test":
+            self._log_per_class(trainer, stage, summary)
+
+    def _attention(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: StageSummary):
+        model = getattr(pl_module, "model", None)
+        if self.attention is None or model is None or not len(summary.labels):
+            return None
+        parameter = next(model.parameters())
+        images = summary.images.to(device=parameter.device, dtype=parameter.dtype)
+        with trainer.precision_plugin.forward_context():
+            _, _, maps = attention_maps(model, images, self.attention)
+        return maps.float().cpu()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "val" in self.summaries and trainer.is_global_zero and tensorboard_writer(trainer) is not None:
+            self._log_per_class(trainer, "val", self.summaries["val"])
+
+    @staticmethod
+    def _log_per_class(trainer: L.Trainer, stage: str, summary: StageSummary) -> None:
+        writer = tensorboard_writer(trainer)
+        for name, scores in summary.per_class.items():
+            for metric in ("precision", "recall", "f1"):
+                writer.add_scalar(f"{stage}_per_class/{metric}/{name}", scores[metric], trainer.global_step)

@@ -1,0 +1,97 @@
+"""Evaluate a checkpoint on a test split: ``python -m vitlit.eval ckpt_path=<ckpt> [data=image_folder data.root=...]``.
+
+Writes the run report (confusion_matrix.png, predictions.png, curves.png from the checkpoint's own
+training history, metrics.json) and TensorBoard events into its own run folder,
+``outputs/eval/runs/<date>_<time>/``; nothing beside the checkpoint is touched. See conf/eval.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from vitlit.checkpoints import (
+    EVAL_TRANSFORM_KEYS,
+    class_names,
+    classifier_from_checkpoint,
+    data_settings,
+    eval_transform_settings,
+    read_checkpoint,
+)
+from vitlit.data import ImageFolderDataModule
+from vitlit.report import RunReport
+from vitlit.training import instantiate_all, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def data_arguments(checkpoint: dict[str, Any], data: DictConfig | None) -> dict[str, Any]:
+    """The data module's arguments: the checkpoint's, overridden by the non-null keys of ``data``.
+
+    The eval transform's settings (``EVAL_TRANSFORM_KEYS``) always come from the checkpoint: the model
+    only knows the images it was trained on.
+    """
+    arguments = {**data_settings(checkpoint), **eval_transform_settings(checkpoint)}
+    for key in data or {}:
+        if key in EVAL_TRANSFORM_KEYS or key == "_target_":
+            continue  # read the others alone: data=<option> interpolates image_size from a model config absent here
+        value = data[key]
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if value is not None:
+            arguments[key] = value
+    if "root" not in arguments:
+        raise ValueError(
+            "the checkpoint does not record its data folder; pass data=image_folder data.root=/path/to/images"
+        )
+    return arguments
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint ``cfg.ckpt_path`` on the test stage's split; write the report into ``cfg.paths.output_dir``.
+
+    Returns the test metrics (``test/loss``, ``test/acc``).
+    """
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    module = classifier_from_checkpoint(checkpoint)
+    datamodule = ImageFolderDataModule(**data_arguments(checkpoint, cfg.get("data")))
+    datamodule.prepare_data()
+    if tuple(datamodule.class_names) != class_names(checkpoint):
+        raise ValueError(
+            f"the checkpoint was trained on the classes {list(class_names(checkpoint))}, but {datamodule.root}/train "
+            f"holds {list(datamodule.class_names)}; evaluate on images of the same classes"
+        )
+
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False, precision=precision
+    )
+    reports = [callback for callback in trainer.callbacks if isinstance(callback, RunReport)]
+    for report in reports:  # the training history the checkpoint carries, for curves.png
+        report.load_state_dict(checkpoint.get("callbacks", {}).get(report.state_key, {}))
+
+    log.info("evaluating %s (%s, classes: %s)", cfg.ckpt_path, precision, ", ".join(class_names(checkpoint)))
+    trainer.test(module, datamodule=datamodule)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    for report in reports:
+        report.write(cfg.paths.output_dir, trainer, metrics, checkpoint=str(Path(cfg.ckpt_path).expanduser().resolve()))
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.finalize("success")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> float:
+    return evaluate(cfg)["test/acc"]
+
+
+if __name__ == "__main__":
+    main()

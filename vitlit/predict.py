@@ -1,0 +1,167 @@
+"""Classify images with a checkpoint: ``python -m vitlit.predict ckpt_path=<ckpt> inputs=[photo.jpg,folder/]``.
+
+Prints the top-k classes per image (a table, or JSON with ``json=true``), writes ``predictions.json``
+and a copy of each image titled ``Pred: pizza | Prob: 0.921`` (``annotated/``) into its own run
+folder, ``outputs/predict/runs/<date>_<time>/``. Class names and the eval transform come from the
+checkpoint. See conf/predict.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig
+from PIL import UnidentifiedImageError
+from rich.console import Console
+from rich.table import Table
+
+from vitlit.checkpoints import checkpoint_eval_transform, class_names, classifier_from_checkpoint, read_checkpoint
+from vitlit.console import RichConsoleHandler
+from vitlit.data import IMAGE_EXTENSIONS, _is_image, load_rgb
+from vitlit.figures import annotated_image_figure, prediction_title, save_figure
+
+log = logging.getLogger(__name__)
+
+
+def image_files(inputs: str | Sequence[str]) -> dict[Path, Path]:
+    """Image files named by ``inputs`` -> a short name for each: files as given (named by their file name),
+    folders searched recursively in sorted order (named ``<folder>/<path inside it>``). Duplicates are dropped.
+
+    Raises for a missing path, a file that is not an image and a folder without images.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    files: dict[Path, Path] = {}
+    for entry in inputs:
+        path = Path(str(entry)).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if _is_image(p))
+            if not found:
+                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            for file in found:
+                files.setdefault(file.resolve(), Path(path.resolve().name) / file.relative_to(path))
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ValueError(f"{path} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files.setdefault(path.resolve(), Path(path.name))
+        else:
+            raise FileNotFoundError(f"no file or folder at {path}; inputs=[photo.jpg,folder/] takes images and folders")
+    return files
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; anything else is passed to ``torch.device``."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unique_name(name: Path, taken: set[Path]) -> Path:
+    """``name`` with a .png suffix, numbered when an earlier image already took it."""
+    candidate, number = name.with_suffix(".png"), 1
+    while candidate in taken:
+        number += 1
+        candidate = name.with_name(f"{name.stem}_{number}.png")
+    taken.add(candidate)
+    return candidate
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Classify every image of ``cfg.inputs`` with the checkpoint ``cfg.ckpt_path``.
+
+    Returns one record per image: ``path``, ``predictions`` (the top ``cfg.top_k`` as ``{"class", "probability"}``),
+    ``probabilities`` (every class) and ``annotated`` (the titled copy, when ``cfg.annotate``). Also writes
+    them to ``<cfg.paths.output_dir>/predictions.json``.
+    """
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    names = class_names(checkpoint)
+    transform = checkpoint_eval_transform(checkpoint)
+    device = resolve_device(cfg.get("device", "auto"))
+    module = classifier_from_checkpoint(checkpoint).to(device)
+    names_of_files = image_files(list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs))
+    files = list(names_of_files)
+    top_k = max(1, min(int(cfg.top_k), len(names)))
+    output_dir = Path(cfg.paths.output_dir)
+    taken: set[Path] = set()
+    log.info("classifying %d images with %s on %s", len(files), cfg.ckpt_path, device)
+
+    records = []
+    for batch in _batches(files, int(cfg.batch_size)):
+        images = []
+        for path in batch:
+            try:
+                images.append(load_rgb(path))
+            except (UnidentifiedImageError, OSError) as error:
+                raise ValueError(f"cannot read the image {path} ({error}); remove it or pass other inputs") from None
+        with torch.no_grad():
+            inputs_tensor = torch.stack([transform(image) for image in images]).to(device)
+            probabilities = module(inputs_tensor).float().softmax(dim=-1).cpu()
+        for path, image, row in zip(batch, images, probabilities, strict=True):
+            values, indices = row.topk(top_k)
+            record: dict[str, Any] = {
+                "path": str(path),
+                "predictions": [
+                    {"class": names[i], "probability": float(v)} for v, i in zip(values, indices.tolist(), strict=True)
+                ],
+                "probabilities": {name: float(p) for name, p in zip(names, row, strict=True)},
+            }
+            if cfg.get("annotate", True):
+                title = prediction_title(names[int(indices[0])], float(values[0]))
+                target = output_dir / "annotated" / _unique_name(names_of_files[path], taken)
+                save_figure(annotated_image_figure(image.permute(1, 2, 0).numpy(), title), target)
+                record["annotated"] = str(target)
+            records.append(record)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "predictions.json").write_text(json.dumps(records, indent=2) + "\n")
+    log.info("predictions: %s", output_dir / "predictions.json")
+    return records
+
+
+def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
+    """One row per image: its path and the top-k classes with their probabilities."""
+    table = Table(title="Predictions", title_justify="left")
+    table.add_column("image", overflow="fold")  # the full path, folded, never cut
+    for rank in range(max((len(record["predictions"]) for record in records), default=0)):
+        table.add_column(f"#{rank + 1}")
+        table.add_column("prob", justify="right")
+    for record in records:
+        cells = [record["path"]]
+        for prediction in record["predictions"]:
+            cells += [prediction["class"], f"{prediction['probability']:.3f}"]
+        table.add_row(*cells)
+    return table
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    if cfg.json:  # keep stdout parseable: log records go only to the run's log file
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, RichConsoleHandler):
+                handler.setLevel(logging.WARNING)
+    records = predict(cfg)
+    if cfg.json:
+        print(json.dumps([{key: r[key] for key in ("path", "predictions")} for r in records], indent=2))
+    else:
+        console = Console()
+        console.width = max(console.width, 120)  # room for long paths when stdout is not a terminal
+        console.print(predictions_table(records))
+
+
+if __name__ == "__main__":
+    main()
