@@ -60,9 +60,9 @@ class ImageFolderSplit:
         return counts
 
 
-def _is_image(path: Path, class_folder: Path) -> bool:
+def is_image(path: Path, folder: Path) -> bool:
     # Broken links count as images here so that the decode check reports them instead of hiding them.
-    hidden = any(part.startswith(".") for part in path.relative_to(class_folder).parts)
+    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
     return path.suffix.lower() in IMAGE_EXTENSIONS and not hidden and (path.is_file() or path.is_symlink())
 
 
@@ -79,7 +79,7 @@ def scan_split(path: Path) -> ImageFolderSplit:
         raise ValueError(f"split folder {path} has no class folders; expected {path}/<class>/<image>.jpg")
     samples = []
     for label, name in enumerate(classes):
-        images = sorted(str(p) for p in (path / name).rglob("*") if _is_image(p, path / name))
+        images = sorted(str(p) for p in (path / name).rglob("*") if is_image(p, path / name))
         if not images:
             raise ValueError(
                 f"class folder {path / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from vitlit.checkpoints import checkpoint_eval_transform, class_names, classifier_from_checkpoint, read_checkpoint
 from vitlit.console import RichConsoleHandler
-from vitlit.data import IMAGE_EXTENSIONS, _is_image, load_rgb
+from vitlit.data import IMAGE_EXTENSIONS, is_image, load_rgb
 from vitlit.figures import annotated_image_figure, prediction_title, save_figure
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def image_files(inputs: str | Sequence[str]) -> dict[Path, Path]:
     for entry in inputs:
         path = Path(str(entry)).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if _is_image(p))
+            found = sorted(p for p in path.rglob("*") if is_image(p, path))
             if not found:
                 raise FileNotFoundError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             for file in found:
