@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +45,12 @@ def compose_run(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+def limited(loader: Iterable, limit: int | float | None) -> tuple[Iterable, int]:
+    """``loader`` cut to Lightning's ``limit_*_batches`` (a count, or a fraction of the batches) and its length."""
+    count = len(loader) if limit is None else int(limit) if isinstance(limit, int) else int(len(loader) * limit)
+    return itertools.islice(loader, count), count
+
+
 def plain_pytorch_epoch(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """The same epoch, written as a plain loop: train, validate, save model and optimiser."""
     L.seed_everything(cfg.seed, workers=True)
@@ -63,8 +71,9 @@ def plain_pytorch_epoch(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     optimizer = instantiate(cfg.model.optimizer)(
         [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], **({"fused": True} if cuda else {})
     )
-    train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-    scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=len(train_loader))
+    train_loader, train_steps = limited(data.train_dataloader(), cfg.trainer.limit_train_batches)
+    val_loader, _ = limited(data.val_dataloader(), cfg.trainer.limit_val_batches)
+    scheduler = instantiate(cfg.model.scheduler)(optimizer, total_steps=train_steps)
     precision = str(resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else None
     mean = torch.tensor(cfg.data.mean, device=device).view(1, 3, 1, 1)

@@ -20,8 +20,11 @@ def time_interleaved(
 ) -> dict[str, float]:
     """Median seconds per call of each candidate over ``repeats`` rounds, after ``warmup`` untimed rounds."""
     seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
     for round_index in range(warmup + repeats):
-        for name, run in candidates.items():
+        shift = round_index % len(names)  # rotate who goes first, so no candidate always follows the same one
+        for name in names[shift:] + names[:shift]:
+            run = candidates[name]
             synchronize(device)
             start = time.perf_counter()
             run()
