@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from PIL import Image, features
 
 from vitlit import data_checks
-from vitlit.checkpoint_checks import check_checkpoint_fits, load_backbone
+from vitlit.checkpoints import check_checkpoint_fits, load_backbone
 from vitlit.config_checks import check_config_types
 from vitlit.data import ImageFolderDataModule, load_rgb, scan_split
 from vitlit.data_checks import find_bad_images
@@ -355,7 +355,7 @@ def test_reinit_head_loads_the_backbone_and_starts_a_new_zero_head(tmp_path: Pat
 
 def test_a_missing_checkpoint_file_is_a_clear_error(tmp_path: Path):
     module = ViTClassifier(net=MICRO_NET, class_names=["cat", "dog"])
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nothing.ckpt does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*nothing.ckpt"):
         check_checkpoint_fits(module, tmp_path / "nothing.ckpt")
 
 

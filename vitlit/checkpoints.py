@@ -1,4 +1,6 @@
-"""Reading vitlit checkpoints outside training: the classifier, its class names and its eval transform.
+"""Reading vitlit checkpoints: the classifier, its class names and its eval transform (eval, predict), and
+checking that a checkpoint fits the model before training from it (a clear error instead of a wall of size
+mismatches from ``load_state_dict``), or loading only its backbone when asked.
 
 A checkpoint written by ``train.py`` holds the module's hyperparameters (``net``, ``class_names``)
 and the data module's (``datamodule_hyper_parameters``: root, image size, crop fraction,
@@ -89,4 +91,64 @@ def checkpoint_eval_transform(checkpoint: Mapping[str, Any]) -> v2.Compose:
         settings["image_size"],
         crop_fraction=settings.get("eval_crop_fraction", 0.875),
         **{key: settings[key] for key in ("interpolation", "mean", "std") if key in settings},
+    )
+
+
+HEAD_PREFIX = "model.classifier.head."
+
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def shape_mismatches(module: ViTClassifier, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """One line per parameter whose shape differs, or that only one side has."""
+    own = module.state_dict()
+    lines = [
+        f"{name}: {_shape(state_dict[name])} in the checkpoint, {_shape(tensor)} in this run's model"
+        for name, tensor in own.items()
+        if name in state_dict and _shape(state_dict[name]) != _shape(tensor)
+    ]
+    lines += [f"{name}: missing from the checkpoint" for name in own if name not in state_dict]
+    lines += [f"{name}: in the checkpoint, not in this run's model" for name in state_dict if name not in own]
+    return lines
+
+
+def check_checkpoint_fits(module: ViTClassifier, path: str | Path) -> None:
+    """Raise a ``ValueError`` naming both shapes when the checkpoint at ``path`` was written by another model."""
+    checkpoint = read_checkpoint(path)
+    mismatches = shape_mismatches(module, checkpoint["state_dict"])
+    if not mismatches:
+        return
+    their_classes = checkpoint.get("hyper_parameters", {}).get("class_names")
+    classes = ""
+    if their_classes is not None and list(their_classes) != list(module.hparams.class_names):
+        classes = (
+            f"The checkpoint knows {len(their_classes)} classes ({', '.join(their_classes)}); this run's data has "
+            f"{len(module.hparams.class_names)} ({', '.join(module.hparams.class_names)}). "
+        )
+    shown = "\n".join(f"  {line}" for line in mismatches[:8]) + ("\n  ..." if len(mismatches) > 8 else "")
+    raise ValueError(
+        f"checkpoint {path} does not fit this run's model:\n{shown}\n{classes}"
+        "Resume with the model= and data that wrote it, or start a new training from its backbone with a "
+        "new classifier head: add reinit_head=true."
+    )
+
+
+def load_backbone(module: ViTClassifier, path: str | Path) -> None:
+    """Load every weight of the checkpoint at ``path`` but the classifier head, which starts again from zero."""
+    state_dict = {k: v for k, v in read_checkpoint(path)["state_dict"].items() if not k.startswith(HEAD_PREFIX)}
+    backbone_mismatches = [line for line in shape_mismatches(module, state_dict) if not line.startswith(HEAD_PREFIX)]
+    if backbone_mismatches:
+        shown = "\n".join(f"  {line}" for line in backbone_mismatches[:8])
+        raise ValueError(
+            f"the backbone of checkpoint {path} does not fit this run's model (another model size?):\n{shown}\n"
+            "Pick the model= that wrote it."
+        )
+    module.load_state_dict(state_dict, strict=False)
+    module.model.reset_classifier(module.model.num_classes)
+    log.info(
+        "loaded the backbone from %s; the classifier head (%d classes) starts from zero and training starts at epoch 1",
+        path,
+        module.model.num_classes,
     )

@@ -18,7 +18,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vitlit.checkpoint_checks import check_checkpoint_fits, load_backbone
+from vitlit.checkpoints import check_checkpoint_fits, load_backbone
 from vitlit.config_checks import check_config_types
 from vitlit.report import RunReport
 
