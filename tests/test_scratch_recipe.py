@@ -146,9 +146,9 @@ def test_ema_weights_differ_from_live_weights_and_are_what_test_uses(tiny_config
 
 def test_scratch_preset_composes_and_runs(tmp_path: Path):
     root = make_image_folder(tmp_path / "images", {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 2}})
-    overrides = ["experiment=scratch", "debug=fast", f"data.root={root}", "data.num_workers=0"]
-    cfg = compose_config([*overrides, "callbacks.progress_bar=null"], output_dir=tmp_path / "run")
-    assert cfg.model.net.stem == "conv" and cfg.model.mixup_alpha > 0 and cfg.model.test_time_flip
+    overrides = ["experiment=scratch", "debug=fast", "trainer.check_val_every_n_epoch=1", f"data.root={root}"]
+    cfg = compose_config([*overrides, "data.num_workers=0", "callbacks.progress_bar=null"], output_dir=tmp_path / "run")
+    assert cfg.model.net.image_size == 64 and cfg.model.mixup_alpha > 0 and cfg.model.test_time_flip
     assert cfg.data.val_fraction > 0 and cfg.data.image_size == cfg.model.net.image_size
     assert cfg.callbacks.ema._target_ == "vitlit.weight_averaging.ExponentialMovingAverage"
     metrics = train(cfg)
