@@ -152,6 +152,26 @@ class ImageFolderDataset(Dataset):
         return self.transform(image), label
 
 
+def stratified_split(
+    samples: Sequence[tuple[str, int]], fraction: float, seed: int = 0
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Split (path, label) samples into (rest, held_out): ``round(fraction * n)`` of each class held out,
+    drawn with ``seed``, at least one per class and never a whole class. Same inputs, same split."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1) to carve a validation split, got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    rest, held_out = [], []
+    for label in sorted({label for _, label in samples}):
+        members = [sample for sample in samples if sample[1] == label]
+        if len(members) < 2:
+            raise ValueError(f"class {label} has {len(members)} training image; data.val_fraction needs at least 2")
+        count = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        order = torch.randperm(len(members), generator=generator).tolist()
+        held_out += [members[i] for i in sorted(order[:count])]
+        rest += [members[i] for i in sorted(order[count:])]
+    return rest, held_out
+
+
 def download_and_extract(url: str, root: Path, sha256: str, size: int | None = None) -> None:
     """Download the zip at ``url``, verify its SHA-256, and extract it so that ``root/train`` exists.
 
@@ -212,6 +232,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     ``drop_last`` drops the last partial training batch, so every step has the same shape (no
     ``torch.compile`` recompilation) and no step rests on a handful of images.
     ``train_augment=False`` trains on the eval pipeline, as a frozen feature extractor usually does.
+    ``val_fraction`` > 0 validates on that fraction of ``train/`` instead (stratified by class, drawn with
+    ``split_seed``) and trains on the rest, so choices made on validation never see ``val/`` or ``test/``.
     """
 
     def __init__(
@@ -234,6 +256,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         fast_decode: bool = True,
         cache: bool = False,
         drop_last: bool = True,
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
     ):
         super().__init__()
         # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
@@ -250,6 +274,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.download = download
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
         self.mean, self.std = tuple(mean), tuple(std)
         self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std, normalize=False)
         self.train_transform = (
@@ -314,6 +342,19 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.datasets[stage_name] = ImageFolderDataset(
                 self.splits[folder].samples, transform, self.draft_size, decoded
             )
+        if self.val_fraction:
+            rest, held_out = stratified_split(self.splits["train"].samples, self.val_fraction, self.split_seed)
+            self.datasets["train"] = ImageFolderDataset(rest, self.train_transform, self.draft_size, decoded)
+            self.datasets["val"] = ImageFolderDataset(held_out, self.eval_transform, self.draft_size, decoded)
+            log.info(
+                "val   uses %d images carved from %s (data.val_fraction=%s, data.split_seed=%d); train keeps %d",
+                len(held_out),
+                train.path,
+                self.val_fraction,
+                self.split_seed,
+                len(rest),
+            )
+            folders = {"test": folders["test"]}
         log.info("classes: %s", ", ".join(train.classes))
         for stage_name, folder in folders.items():
             split = self.splits[folder]

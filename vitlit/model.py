@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from vitlit.tokenizers import ConvStem, ShiftedPatchTokenization
+
 
 class PatchEmbedding(nn.Module):
     """Cuts an image into non-overlapping patches and projects each to a token.
@@ -171,6 +173,8 @@ class ViT(nn.Module):
             (DeiT, timm). 0 disables it.
         grad_checkpointing: recompute each encoder block's activations in the backward pass instead of
             storing them (less memory for large batches or ViT-L, about a third more compute).
+        stem: how images become tokens: ``patch`` (the paper's linear patch projection), ``conv`` or
+            ``shifted_patch`` (see :mod:`vitlit.tokenizers`; they help on small datasets).
 
     ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -192,6 +196,7 @@ class ViT(nn.Module):
         layer_norm_eps: float = 1e-6,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        stem: str = "patch",
     ):
         super().__init__()
         _check_arguments(
@@ -214,7 +219,9 @@ class ViT(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         num_patches = (image_size // patch_size) ** 2
 
-        self.patch_embedding = PatchEmbedding(in_channels, patch_size, embed_dim)
+        if stem not in STEMS:
+            raise ValueError(f"ViT argument stem={stem!r} is not one of: {', '.join(STEMS)}")
+        self.patch_embedding = STEMS[stem](in_channels, patch_size, embed_dim)
         self.class_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.position_embedding = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
         self.embedding_dropout = nn.Dropout(embedding_dropout)
@@ -247,10 +254,11 @@ class ViT(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        # The patch projection is a linear map of flattened patches: LeCun-normal on its fan-in (timm, JAX).
-        patcher = self.patch_embedding.patcher
-        nn.init.trunc_normal_(patcher.weight, std=math.sqrt(1.0 / patcher.weight[0].numel()))
-        nn.init.zeros_(patcher.bias)
+        if isinstance(self.patch_embedding, PatchEmbedding):
+            # The patch projection is a linear map of flattened patches: LeCun-normal on its fan-in (timm, JAX).
+            patcher = self.patch_embedding.patcher
+            nn.init.trunc_normal_(patcher.weight, std=math.sqrt(1.0 / patcher.weight[0].numel()))
+            nn.init.zeros_(patcher.bias)
         self.reset_classifier(self.num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -286,6 +294,9 @@ class ViT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
+
+
+STEMS = {"patch": PatchEmbedding, "conv": ConvStem, "shifted_patch": ShiftedPatchTokenization}
 
 
 def resample_position_embedding(

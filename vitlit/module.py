@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vitlit.batch_mixing import batch_mixing
 from vitlit.model import ViT
 from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitlit.weights import load_pretrained
@@ -44,6 +45,10 @@ class ViTClassifier(L.LightningModule):
             checkpoints, so evaluation and prediction normalise as training did).
         compile: compile the network with ``torch.compile`` (static shapes) when the trainer sets the model up.
         grad_checkpointing: recompute each encoder block in the backward pass to save activation memory.
+        mixup_alpha, cutmix_alpha: mix each training batch with MixUp (Zhang et al. 2018) and/or CutMix
+            (Yun et al. 2019), Beta(alpha, alpha) mixing weights; with both above 0 each batch gets one of
+            them at random; 0 disables each. The loss then uses soft targets; train/acc counts the true labels.
+        test_time_flip: validation, test and prediction average the logits of each image and its mirror image.
 
     Batches are (images (B, 3, H, W), labels (B,)); images either uint8 in [0, 255], normalised on the
     device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float
@@ -66,6 +71,9 @@ class ViTClassifier(L.LightningModule):
         std: Sequence[float] = IMAGENET_STD,
         compile: bool = False,
         grad_checkpointing: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        test_time_flip: bool = False,
     ):
         super().__init__()
         # The factories are code, not hyperparameters: the run's config records them.
@@ -85,6 +93,8 @@ class ViTClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.freeze_backbone = freeze_backbone
+        self.batch_mixing = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
+        self.test_time_flip = test_time_flip
         if freeze_backbone:
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
@@ -120,6 +130,13 @@ class ViTClassifier(L.LightningModule):
         if self.compile_model and not getattr(self.model, "_compiled_call_impl", None):
             self.model.compile(dynamic=False)
 
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation: ``forward``, averaged with the mirrored images' logits when ``test_time_flip``."""
+        logits = self(images)
+        if self.test_time_flip:
+            logits = (logits + self(images.flip(-1))) / 2
+        return logits
+
     def train(self, mode: bool = True) -> ViTClassifier:
         super().train(mode)
         if self.freeze_backbone and mode:
@@ -131,9 +148,15 @@ class ViTClassifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        logits = self(images)
-        smoothing = self.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        if stage == "train":
+            targets = labels
+            if self.batch_mixing is not None:
+                images, targets = self.batch_mixing(images, labels)  # targets: (B, classes) probabilities
+            logits = self(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        else:
+            logits = self.evaluation_logits(images)
+            loss = F.cross_entropy(logits, labels)
         accuracy(logits, labels)
         # batch_size makes the epoch loss a mean over images, not over batches; sync_dist averages it
         # across processes at epoch end (the accuracy metric objects sync themselves).
@@ -178,7 +201,7 @@ class ViTClassifier(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Class probabilities (B, num_classes) for a batch of images, or of (images, labels)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=-1)
+        return self.evaluation_logits(images).softmax(dim=-1)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters split into a weight-decay group and a no-weight-decay group, per layer when

@@ -1,0 +1,155 @@
+"""The from-scratch recipe's pieces (experiment=scratch): stems, batch mixing, EMA, validation split, flip TTA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import compose_config, make_image_folder
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from vitlit.batch_mixing import batch_mixing
+from vitlit.data import ImageFolderDataModule, stratified_split
+from vitlit.model import ViT
+from vitlit.module import ViTClassifier
+from vitlit.tokenizers import ConvStem, ShiftedPatchTokenization
+from vitlit.training import train
+from vitlit.weight_averaging import ExponentialMovingAverage
+
+SMALL_NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv", "shifted_patch"])
+def test_every_stem_gives_one_token_per_patch(stem: str):
+    model = ViT(num_classes=3, stem=stem, **SMALL_NET)
+    images = torch.randn(2, 3, 32, 48)  # another size than image_size: the position embedding is resampled
+    assert model.patch_embedding(images).shape == (2, 4 * 6, 32)
+    assert model(images).shape == (2, 3)
+
+
+def test_unknown_stem_and_impossible_shapes_raise():
+    with pytest.raises(ValueError, match="stem='cnn' is not one of: patch, conv, shifted_patch"):
+        ViT(num_classes=3, stem="cnn", **SMALL_NET)
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        ConvStem(patch_size=12, embed_dim=32)
+    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
+        ShiftedPatchTokenization(patch_size=8, embed_dim=32)(torch.randn(1, 3, 20, 16))
+
+
+def test_conv_stem_halves_the_image_once_per_patch_doubling():
+    stem = ConvStem(patch_size=8, embed_dim=192)
+    strides = [layer.stride for layer in stem.convolutions if isinstance(layer, torch.nn.Conv2d)]
+    widths = [layer.out_channels for layer in stem.convolutions if isinstance(layer, torch.nn.Conv2d)]
+    assert strides == [(2, 2)] * 3 and widths == [48, 96, 192]
+
+
+def test_shifted_patch_tokenization_adds_four_half_patch_diagonal_shifts():
+    spt = ShiftedPatchTokenization(in_channels=1, patch_size=4, embed_dim=8)
+    image = torch.arange(64.0).view(1, 1, 8, 8)
+    shifted = spt.shifted(image)
+    assert shifted.shape == (1, 5, 8, 8)
+    assert torch.equal(shifted[:, 0], image[:, 0])
+    # up-left: pixel (r, c) shows (r + 2, c + 2); the last two rows and columns are zero padding
+    assert torch.equal(shifted[0, 1, :6, :6], image[0, 0, 2:, 2:])
+    assert shifted[0, 1, 6:].abs().sum() == 0 and shifted[0, 1, :, 6:].abs().sum() == 0
+    # down-right: pixel (r, c) shows (r - 2, c - 2)
+    assert torch.equal(shifted[0, 4, 2:, 2:], image[0, 0, :6, :6])
+
+
+def test_mixup_and_cutmix_change_the_batch_and_give_soft_targets():
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    for mixing in (batch_mixing(3, mixup_alpha=0.8), batch_mixing(3, cutmix_alpha=1.0), batch_mixing(3, 0.8, 1.0)):
+        mixed, targets = mixing(images, labels)
+        assert mixed.shape == images.shape and not torch.equal(mixed, images)
+        assert targets.shape == (8, 3)
+        assert torch.allclose(targets.sum(dim=1), torch.ones(8))
+        assert (targets.max(dim=1).values < 1).any()  # soft, not one-hot
+    assert batch_mixing(3) is None
+    with pytest.raises(ValueError, match=r"model\.mixup_alpha must be >= 0"):
+        batch_mixing(3, mixup_alpha=-1.0)
+
+
+def test_cutmix_pastes_a_box_of_the_rolled_batch():
+    torch.manual_seed(1)
+    images = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(4)])
+    mixed, targets = batch_mixing(4, cutmix_alpha=1.0)(images, torch.arange(4))
+    # each mixed image holds its own value and its neighbour's, in the proportion of its target
+    for i in range(4):
+        own = (mixed[i] == i).float().mean()
+        assert torch.isclose(own, targets[i, i], atol=1e-6)
+
+
+def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    module = ViTClassifier(net=SMALL_NET, class_names=["a", "b", "c"], test_time_flip=True).eval()
+    torch.nn.init.normal_(module.model.classifier.head.weight)  # the head starts at zero
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = (module(images) + module(images.flip(-1))) / 2
+        assert torch.allclose(module.evaluation_logits(images), expected, atol=1e-6)
+        assert not torch.allclose(module(images), expected, atol=1e-4)
+        assert torch.allclose(module.predict_step(images, 0), expected.softmax(-1), atol=1e-6)
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_class_proportions():
+    samples = [
+        (f"{name}{i}.jpg", label) for label, (name, count) in enumerate([("a", 75), ("b", 50)]) for i in range(count)
+    ]
+    rest, held_out = stratified_split(samples, 0.2, seed=0)
+    assert sorted(rest + held_out) == sorted(samples) and not set(rest) & set(held_out)
+    assert [sum(label == c for _, label in held_out) for c in (0, 1)] == [15, 10]
+    assert stratified_split(samples, 0.2, seed=0) == (rest, held_out)
+    assert stratified_split(samples, 0.2, seed=1)[1] != held_out
+    with pytest.raises(ValueError, match=r"data\.val_fraction must be in"):
+        stratified_split(samples, 1.0)
+
+
+def test_val_fraction_validates_on_part_of_train_and_tests_on_test(tmp_path: Path):
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 10, "dog": 5}, "test": {"cat": 2, "dog": 2}})
+    data = ImageFolderDataModule(root, num_workers=0, image_size=32, val_fraction=0.2)
+    data.setup("fit")
+    train_paths = {path for path, _ in data.datasets["train"].samples}
+    val_paths = {path for path, _ in data.datasets["val"].samples}
+    assert len(val_paths) == 3 and len(train_paths) == 12 and not train_paths & val_paths
+    assert all("/train/" in path for path in val_paths)
+    assert all("/test/" in path for path, _ in data.datasets["test"].samples)
+    with pytest.raises(ValueError, match=r"data\.val_fraction must be in"):
+        ImageFolderDataModule(root, val_fraction=1.5)
+
+
+def test_ema_weights_differ_from_live_weights_and_are_what_test_uses(tiny_config, tmp_path: Path):
+    cfg = tiny_config("model.mixup_alpha=0.8", "model.cutmix_alpha=1.0", "model.test_time_flip=true")
+    L.seed_everything(0)
+    data = instantiate(cfg.data, _convert_="all")
+    module = instantiate(cfg.model, class_names=list(data.class_names), _convert_="all")
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/acc", mode="max")
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[ExponentialMovingAverage(decay=0.9), checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    saved = torch.load(checkpoint.best_model_path, weights_only=False)
+    average, live = saved["state_dict"], saved["current_model_state"]
+    weight = "model.transformer_encoder.0.mlp_block.fc1.weight"
+    assert not torch.allclose(average[weight], live[weight])
+    trainer.test(module, datamodule=data, ckpt_path="best")
+    assert torch.equal(module.state_dict()[weight], average[weight])
+
+
+def test_scratch_preset_composes_and_runs(tmp_path: Path):
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 2}})
+    overrides = ["experiment=scratch", "debug=fast", "trainer.check_val_every_n_epoch=1", f"data.root={root}"]
+    cfg = compose_config([*overrides, "data.num_workers=0", "callbacks.progress_bar=null"], output_dir=tmp_path / "run")
+    assert cfg.model.net.image_size == 64 and cfg.model.mixup_alpha > 0 and cfg.model.test_time_flip
+    assert cfg.data.val_fraction > 0 and cfg.data.image_size == cfg.model.net.image_size
+    assert cfg.callbacks.ema._target_ == "vitlit.weight_averaging.ExponentialMovingAverage"
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc_best" in metrics
