@@ -343,7 +343,7 @@ def test_a_checkpoint_of_another_model_size_is_an_error_naming_both_shapes(tmp_p
 def test_reinit_head_loads_the_backbone_and_starts_a_new_zero_head(tmp_path: Path):
     source = save_checkpoint(tmp_path / "three.ckpt", ["a", "b", "c"])
     torch.nn.init.normal_(source.model.classifier.norm.weight)  # so that a skipped load would show
-    torch.save({"state_dict": source.state_dict()}, tmp_path / "three.ckpt")
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, tmp_path / "three.ckpt")
     module = ViTClassifier(net=MICRO_NET, class_names=["cat", "dog"])
     load_backbone(module, tmp_path / "three.ckpt")
     for name, tensor in module.state_dict().items():
