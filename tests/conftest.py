@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -82,3 +83,20 @@ def real_data_dir() -> Path:
     if not value or not (Path(value) / "pizza_steak_sushi" / "train").is_dir():
         pytest.skip("set VITLIT_DATA_DIR to a folder holding pizza_steak_sushi/ to run the integration tests")
     return Path(value).resolve()
+
+
+def train_with_log(cfg: DictConfig) -> tuple[dict[str, float], str]:
+    """Run ``vitlit.training.train(cfg)`` and return its metrics and the messages the vitlit loggers emitted."""
+    from vitlit.training import train
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    vitlit_logger = logging.getLogger("vitlit")
+    vitlit_logger.addHandler(handler)
+    vitlit_logger.setLevel(logging.INFO)
+    try:
+        metrics = train(cfg)
+    finally:
+        vitlit_logger.removeHandler(handler)
+    return metrics, "\n".join(records)

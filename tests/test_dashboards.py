@@ -2,7 +2,6 @@
 
 import io
 import json
-import logging
 import math
 import re
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, compose_config, make_image_folder
+from conftest import TINY_RUN, compose_config, make_image_folder, train_with_log
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -20,7 +19,6 @@ from vitlit.dashboards import TensorBoardDashboards
 from vitlit.figures import display_images
 from vitlit.model import ViT
 from vitlit.stage_results import sample_positions
-from vitlit.training import train
 from vitlit.transforms import eval_transform
 
 CLASSES = ("cat", "dog", "owl")
@@ -38,18 +36,10 @@ def pictured_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pictures")
     root = make_image_folder(tmp / "images", {"train": dict.fromkeys(CLASSES, 4), "test": dict.fromkeys(CLASSES, 3)})
     cfg = compose_config([*WITH_PICTURES, f"data.root={root}"], output_dir=tmp / "run")
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger("vitlit").addHandler(handler)
-    logging.getLogger("vitlit").setLevel(logging.INFO)
-    try:
-        metrics = train(cfg)
-    finally:
-        logging.getLogger("vitlit").removeHandler(handler)
+    metrics, log_text = train_with_log(cfg)
     events = EventAccumulator(str(tmp / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
-    return tmp / "run", metrics, events, "\n".join(records)
+    return tmp / "run", metrics, events, log_text
 
 
 def png_size(data: bytes | Path) -> tuple[int, int]:

@@ -1,12 +1,11 @@
 """End-to-end runs of ``train(cfg)`` on a tiny generated image folder with the micro ViT."""
 
-import logging
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, compose_config, make_image_folder
+from conftest import TINY_RUN, compose_config, make_image_folder, train_with_log
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -28,16 +27,8 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("training")
     root = make_image_folder(tmp / "images", {"train": {"cat": 6, "dog": 6}, "test": {"cat": 3, "dog": 3}})
     cfg = compose_config([*TINY_RUN, f"data.root={root}"], output_dir=tmp / "run")
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger("vitlit").addHandler(handler)
-    logging.getLogger("vitlit").setLevel(logging.INFO)
-    try:
-        metrics = train(cfg)
-    finally:
-        logging.getLogger("vitlit").removeHandler(handler)
-    return root, tmp / "run", metrics, "\n".join(records)
+    metrics, log_text = train_with_log(cfg)
+    return root, tmp / "run", metrics, log_text
 
 
 def hand_accuracy(checkpoint: Path, root: Path, stage: str) -> float:
