@@ -4,7 +4,7 @@ import torchvision
 from torch import nn
 
 from vitlit import ViT
-from vitlit.model import MultiheadSelfAttentionBlock, resample_position_embedding
+from vitlit.model import MultiheadSelfAttentionBlock, attention, resample_position_embedding
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128)
 
@@ -82,6 +82,39 @@ def test_attention_equals_torch_multihead_attention_with_the_same_weights():
     normed = block.layer_norm(tokens)
     expected, _ = reference(normed, normed, normed, need_weights=False)
     assert (block(tokens) - expected).abs().max().item() <= 1e-5
+
+
+def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_of_the_full_encoder():
+    torch.manual_seed(0)
+    model = ViT(num_classes=3, **MICRO, embedding_dropout=0.0, mlp_dropout=0.0, drop_path_rate=0.1)
+    for parameter in model.parameters():
+        nn.init.normal_(parameter, std=0.05)
+    images = torch.randn(3, 3, 224, 224)
+    assert model.encode(model.embed(images), class_token_only=True).shape == (3, 1, 64)
+    outputs, gradients = [], []
+    for run in (model, lambda x: model.forward_head(model.forward_features(x))):
+        torch.manual_seed(1)  # the same stochastic-depth draws in both
+        logits = run(images)
+        logits.square().sum().backward()
+        outputs.append(logits.detach())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        model.zero_grad()
+    assert (outputs[0] - outputs[1]).abs().max().item() <= 1e-5
+    assert (gradients[0] - gradients[1]).abs().max().item() <= 1e-5
+    model.grad_checkpointing = True
+    torch.manual_seed(1)
+    assert (model(images) - outputs[0]).abs().max().item() <= 1e-5
+
+
+def test_bfloat16_attention_on_the_cpu_takes_the_explicit_path_and_agrees_with_float32_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 197, 64) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(attention(q, k, v), expected)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    low = attention(q, k, v)
+    assert torch.equal(low, ((q * 64**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v)
+    assert (low.float() - expected).abs().max().item() <= 0.05  # bfloat16 keeps 8 bits of mantissa
 
 
 def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():

@@ -8,7 +8,7 @@ The module tree reads like the paper and like the notebook vitlit replaces::
     ├─ position_embedding   (1, 1 + N, D) learned, added to every token
     ├─ embedding_dropout
     ├─ transformer_encoder  depth x TransformerEncoderBlock (pre-norm, residual around each half)
-    │   ├─ msa_block        LayerNorm -> multi-head self-attention (fused qkv, SDPA)
+    │   ├─ msa_block        LayerNorm -> multi-head self-attention (fused qkv, SDPA; the last block: class token only)
     │   └─ mlp_block        LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D)
     └─ classifier           LayerNorm(D) + Linear(D, classes) on the class token
 
@@ -73,14 +73,34 @@ class MultiheadSelfAttentionBlock(nn.Module):
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+        """With ``class_token_only`` only the first token attends (to all of them): output (B, 1, D)."""
         batch, length, width = tokens.shape
-        qkv = self.qkv(self.layer_norm(tokens))
-        # (B, N, 3, heads, head_dim) -> three tensors of (B, heads, N, head_dim)
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        dropout = self.attention_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        normed = self.layer_norm(tokens)
+        if class_token_only:
+            # The fused projection's rows are q, k, v: project the class token to q and every token to k, v.
+            q = F.linear(normed[:, :1], self.qkv.weight[:width], self.qkv.bias[:width])
+            q = q.view(batch, 1, self.num_heads, -1).transpose(1, 2)
+            kv = F.linear(normed, self.qkv.weight[width:], self.qkv.bias[width:])
+            k, v = kv.view(batch, length, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # (B, N, 3, heads, head_dim) -> three tensors of (B, heads, N, head_dim)
+            q, k, v = self.qkv(normed).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attended = attention(q, k, v, self.attention_dropout if self.training else 0.0)
+        return self.proj(attended.transpose(1, 2).reshape(batch, q.shape[2], width))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v for (B, heads, N, head_dim) tensors, with dropout on the weights.
+
+    Fused (``scaled_dot_product_attention``) except for bfloat16 on the CPU, where two batched matmuls and a
+    softmax are faster than SDPA's flash kernel (ViT-B/16 shapes, torch 2.14: 1.7x forward, 2.5x
+    forward + backward; benchmarks/attention.py). The two agree to bfloat16 rounding.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return F.dropout(weights.softmax(dim=-1), dropout) @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
 
 
 class MLPBlock(nn.Module):
@@ -148,8 +168,10 @@ class TransformerEncoderBlock(nn.Module):
         self.mlp_block = MLPBlock(embed_dim, mlp_dim, mlp_dropout, layer_norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens + self.drop_path(self.msa_block(tokens))
+    def forward(self, tokens: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+        """With ``class_token_only`` the output is the class token's alone, (B, 1, D)."""
+        attended = self.drop_path(self.msa_block(tokens, class_token_only))
+        tokens = (tokens[:, :1] if class_token_only else tokens) + attended
         return tokens + self.drop_path(self.mlp_block(tokens))
 
 
@@ -277,23 +299,36 @@ class ViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> encoded tokens (B, 1 + N, D), class token first, before the final norm."""
+        return self.encode(self.embed(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> the encoder's input tokens (B, 1 + N, D): patches, class token, positions."""
         tokens = self.patch_embedding(images)
         class_token = self.class_embedding.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat([class_token, tokens], dim=1)
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
-        tokens = self.embedding_dropout(tokens + resample_position_embedding(self.position_embedding, grid))
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.transformer_encoder:
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
-            return tokens
-        return self.transformer_encoder(tokens)
+        return self.embedding_dropout(tokens + resample_position_embedding(self.position_embedding, grid))
+
+    def encode(self, tokens: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+        """Run the encoder blocks on (B, 1 + N, D) tokens. With ``class_token_only`` the last block computes
+        and returns the class token alone, (B, 1, D): the same values, for a twelfth less work in ViT-B."""
+        last = len(self.transformer_encoder) - 1
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        for index, block in enumerate(self.transformer_encoder):
+            only = class_token_only and index == last
+            if checkpointed:
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, only, use_reentrant=False)
+            else:
+                tokens = block(tokens, only)
+        return tokens
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off the class token."""
         return self.classifier(tokens[:, 0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
+        # Only the class token reaches the classifier, so the last block computes nothing else.
+        return self.forward_head(self.encode(self.embed(images), class_token_only=True))
 
 
 STEMS = {"patch": PatchEmbedding, "conv": ConvStem, "shifted_patch": ShiftedPatchTokenization}
