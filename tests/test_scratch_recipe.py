@@ -144,12 +144,22 @@ def test_ema_weights_differ_from_live_weights_and_are_what_test_uses(tiny_config
     assert torch.equal(module.state_dict()[weight], average[weight])
 
 
-def test_scratch_preset_composes_and_runs(tmp_path: Path):
+def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_final_weights(tmp_path: Path):
     root = make_image_folder(tmp_path / "images", {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 2}})
-    overrides = ["experiment=scratch", "debug=fast", "trainer.check_val_every_n_epoch=1", f"data.root={root}"]
-    cfg = compose_config([*overrides, "data.num_workers=0", "callbacks.progress_bar=null"], output_dir=tmp_path / "run")
-    assert cfg.model.net.image_size == 64 and cfg.model.mixup_alpha > 0 and cfg.model.test_time_flip
-    assert cfg.data.val_fraction > 0 and cfg.data.image_size == cfg.model.net.image_size
+    quick = ["trainer.max_epochs=1", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    cfg = compose_config(["experiment=scratch", f"data.root={root}", *quick], output_dir=tmp_path / "run")
+    assert (cfg.model.net.image_size, cfg.model.net.patch_size) == (224, 16) and cfg.data.image_size == 224
+    assert cfg.model.mixup_alpha > 0 and cfg.model.test_time_flip
+    assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.weight_averaging.ExponentialMovingAverage"
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc_best" in metrics
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
+    assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_scratch_preset_validates_on_a_part_of_train_when_asked(tmp_path: Path):
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 2}})
+    overrides = ["experiment=scratch", "data.val_fraction=0.2", "trainer.limit_val_batches=1.0", "test=false"]
+    quick = ["trainer.max_epochs=1", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    metrics = train(compose_config([*overrides, f"data.root={root}", *quick], output_dir=tmp_path / "run"))
+    assert "val/acc" in metrics and "test/acc" not in metrics
