@@ -15,22 +15,14 @@ from vitlit.export import export_state_dict, export_weights, main
 from vitlit.module import ViTClassifier
 
 
+@pytest.mark.parametrize("layout, build", [("torchvision", tiny_torchvision), ("timm", tiny_timm)])
 @torch.no_grad()
-def test_torchvision_export_loads_into_torchvision_with_the_same_logits(tmp_path: Path):
+def test_export_loads_into_its_library_with_the_same_logits(tmp_path: Path, layout: str, build):
     model = perturbed(tiny_vit())
-    path = export_weights(model, tmp_path / "vit_torchvision.safetensors", "torchvision")
-    torchvision_model = tiny_torchvision().eval()
-    torchvision_model.load_state_dict(load_file(path), strict=True)
-    assert max_diff(torchvision_model(images(32)), model(images(32))) <= 1e-5
-
-
-@torch.no_grad()
-def test_timm_export_loads_into_timm_with_the_same_logits(tmp_path: Path):
-    model = perturbed(tiny_vit())
-    path = export_weights(model, tmp_path / "vit_timm.safetensors", "timm")
-    timm_model = tiny_timm().eval()
-    timm_model.load_state_dict(load_file(path), strict=True)
-    assert max_diff(timm_model(images(32)), model(images(32))) <= 1e-5
+    path = export_weights(model, tmp_path / f"vit_{layout}.safetensors", layout)
+    library_model = build().eval()
+    library_model.load_state_dict(load_file(path), strict=True)
+    assert max_diff(library_model(images(32)), model(images(32))) <= 1e-5
 
 
 @pytest.mark.parametrize("layout", ["torchvision", "timm"])

@@ -94,7 +94,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float 
     """softmax(q k^T / sqrt(head_dim)) v for (B, heads, N, head_dim) tensors, with dropout on the weights.
 
     Fused (``scaled_dot_product_attention``) except for bfloat16 on the CPU, where two batched matmuls and a
-    softmax are faster than SDPA's flash kernel (ViT-B/16 shapes, torch 2.14: 1.7x forward, 2.5x
+    softmax are faster than SDPA's flash kernel (ViT-B/16 shapes, torch 2.14: 1.6-1.7x forward, 2.4x
     forward + backward; benchmarks/attention.py). The two agree to bfloat16 rounding.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
