@@ -84,9 +84,17 @@ def test_attention_equals_torch_multihead_attention_with_the_same_weights():
     assert (block(tokens) - expected).abs().max().item() <= 1e-5
 
 
-def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_of_the_full_encoder():
+@pytest.mark.parametrize("locality", [False, True])
+def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_of_the_full_encoder(locality):
     torch.manual_seed(0)
-    model = ViT(num_classes=3, **MICRO, embedding_dropout=0.0, mlp_dropout=0.0, drop_path_rate=0.1)
+    model = ViT(
+        num_classes=3,
+        **MICRO,
+        embedding_dropout=0.0,
+        mlp_dropout=0.0,
+        drop_path_rate=0.1,
+        locality_self_attention=locality,
+    )
     for parameter in model.parameters():
         nn.init.normal_(parameter, std=0.05)
     images = torch.randn(3, 3, 224, 224)
@@ -115,6 +123,62 @@ def test_bfloat16_attention_on_the_cpu_takes_the_explicit_path_and_agrees_with_f
     low = attention(q, k, v)
     assert torch.equal(low, ((q * 64**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v)
     assert (low.float() - expected).abs().max().item() <= 0.05  # bfloat16 keeps 8 bits of mantissa
+
+
+def test_sincos_position_embedding_is_a_fixed_buffer_of_sines_and_cosines_of_the_patch_grid():
+    model = ViT(num_classes=3, **MICRO, position_embedding="sincos")
+    assert "position_embedding" in model.state_dict()
+    assert "position_embedding" not in dict(model.named_parameters())
+    table = model.position_embedding
+    assert table.shape == (1, 1 + 14 * 14, 64)
+    assert torch.equal(table[0, 0], torch.zeros(64))  # the class token has no position
+    frequencies = 1.0 / 10000 ** (torch.arange(16) / 15)
+    row, column = 2, 5  # patch 2 * 14 + 5 in row-major order
+    expected = torch.cat(
+        [
+            (column * frequencies).sin(),
+            (column * frequencies).cos(),
+            (row * frequencies).sin(),
+            (row * frequencies).cos(),
+        ]
+    )
+    assert torch.allclose(table[0, 1 + row * 14 + column], expected, atol=1e-6)
+    loaded = ViT(num_classes=3, **MICRO, position_embedding="sincos")
+    loaded.load_state_dict(model.state_dict())
+    assert torch.equal(loaded.position_embedding, table)
+
+
+def test_mean_pooling_classifies_the_mean_of_the_patch_tokens():
+    torch.manual_seed(0)
+    model = ViT(num_classes=3, **MICRO, pooling="mean").eval()
+    nn.init.normal_(model.classifier.head.weight)
+    images = torch.randn(2, 3, 224, 224)
+    tokens = model.forward_features(images)
+    expected = model.classifier(tokens[:, 1:].mean(dim=1))
+    assert (model(images) - expected).abs().max().item() <= 1e-5
+    assert (model(images) - model.classifier(tokens[:, 0])).abs().max().item() > 1e-3
+
+
+def test_locality_self_attention_masks_each_token_from_itself_and_learns_its_temperature():
+    from vitlit.attention import attention_maps
+
+    torch.manual_seed(0)
+    model = ViT(num_classes=3, **MICRO, locality_self_attention=True)
+    block = model.transformer_encoder[0].msa_block
+    assert block.scale().item() == pytest.approx(16**-0.5)  # head_dim 16: starts at the usual scale
+    nn.init.normal_(model.classifier.head.weight)
+    images = torch.randn(2, 3, 224, 224)
+    _, weights, _ = attention_maps(model.eval(), images)
+    assert all(layer.diagonal(dim1=-2, dim2=-1).abs().max().item() == 0.0 for layer in weights)
+    assert all(layer.sum(dim=-1).sub(1).abs().max().item() <= 1e-5 for layer in weights)
+    model.train()(images).square().sum().backward()
+    assert block.log_scale.grad is not None and block.log_scale.grad.abs().item() > 0
+    q, k, v = (torch.randn(2, 4, 197, 16) for _ in range(3))
+    mask = block.attention_mask(197, 197, q.device)
+    explicit = ((q * 0.3) @ k.transpose(-2, -1)).masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
+    assert (attention(q, k, v, scale=torch.tensor(0.3), mask=mask) - explicit).abs().max().item() <= 1e-5
+    low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=torch.tensor(0.3), mask=mask)
+    assert (low.float() - explicit).abs().max().item() <= 0.05
 
 
 def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():
@@ -164,6 +228,9 @@ def test_an_input_not_divisible_by_the_patch_size_is_a_clear_error():
         (dict(depth=2.5), "depth must be a positive integer"),
         (dict(mlp_dropout=1.0), "mlp_dropout must be a probability"),
         (dict(drop_path_rate=-0.1), "drop_path_rate must be a probability"),
+        (dict(position_embedding="rope"), "position_embedding='rope' is not one of: learned, sincos"),
+        (dict(embed_dim=66, num_heads=3, position_embedding="sincos"), "sincos needs embed_dim divisible by 4"),
+        (dict(pooling="max"), "pooling='max' is not one of: token, mean"),
     ],
 )
 def test_impossible_shapes_raise_a_value_error_naming_the_argument(arguments, message):

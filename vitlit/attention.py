@@ -20,7 +20,11 @@ def _attention_weights(block: MultiheadSelfAttentionBlock, tokens: torch.Tensor)
     batch, length, _ = tokens.shape
     qkv = block.qkv(block.layer_norm(tokens)).float()
     q, k, _ = qkv.view(batch, length, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+    scores = q @ k.transpose(-2, -1) * block.scale()
+    mask = block.attention_mask(length, length, tokens.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
 
 
 @torch.no_grad()

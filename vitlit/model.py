@@ -5,12 +5,12 @@ The module tree reads like the paper and like the notebook vitlit replaces::
     ViT
     ├─ patch_embedding      PatchEmbedding: Conv2d(3 -> D, kernel=stride=patch) + Flatten
     ├─ class_embedding      (1, 1, D) learned token prepended to the patch tokens
-    ├─ position_embedding   (1, 1 + N, D) learned, added to every token
+    ├─ position_embedding   (1, 1 + N, D) learned (or fixed 2D sin-cos), added to every token
     ├─ embedding_dropout
     ├─ transformer_encoder  depth x TransformerEncoderBlock (pre-norm, residual around each half)
     │   ├─ msa_block        LayerNorm -> multi-head self-attention (fused qkv, SDPA; the last block: class token only)
     │   └─ mlp_block        LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D)
-    └─ classifier           LayerNorm(D) + Linear(D, classes) on the class token
+    └─ classifier           LayerNorm(D) + Linear(D, classes) on the class token (or the mean patch token)
 
 The classifier's LayerNorm plays the role of the encoder's final norm in torchvision and timm;
 LayerNorm acts on each token alone, so normalising only the class token gives the same logits.
@@ -65,6 +65,7 @@ class MultiheadSelfAttentionBlock(nn.Module):
         num_heads: int = 12,
         attention_dropout: float = 0.0,
         layer_norm_eps: float = 1e-6,
+        locality: bool = False,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -72,6 +73,22 @@ class MultiheadSelfAttentionBlock(nn.Module):
         self.layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
+        self.locality = locality
+        if locality:
+            # Locality self-attention (Lee et al. 2021): a learned softmax temperature, starting at the usual
+            # 1 / sqrt(head_dim), and no token attends to itself, which sharpens attention on small datasets.
+            self.log_scale = nn.Parameter(torch.tensor(math.log((embed_dim // num_heads) ** -0.5)))
+
+    def scale(self) -> torch.Tensor | float:
+        """The factor on q k^T: learned with ``locality``, else 1 / sqrt(head_dim)."""
+        return self.log_scale.exp() if self.locality else (self.qkv.in_features // self.num_heads) ** -0.5
+
+    def attention_mask(self, queries: int, keys: int, device: torch.device) -> torch.Tensor | None:
+        """Boolean (queries, keys) mask of allowed pairs, queries being the first tokens: with ``locality``
+        everything but the diagonal; else None (all allowed)."""
+        if not self.locality:
+            return None
+        return ~torch.eye(keys, dtype=torch.bool, device=device)[:queries]
 
     def forward(self, tokens: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
         """With ``class_token_only`` only the first token attends (to all of them): output (B, 1, D)."""
@@ -86,21 +103,38 @@ class MultiheadSelfAttentionBlock(nn.Module):
         else:
             # (B, N, 3, heads, head_dim) -> three tensors of (B, heads, N, head_dim)
             q, k, v = self.qkv(normed).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attended = attention(q, k, v, self.attention_dropout if self.training else 0.0)
+        mask = self.attention_mask(q.shape[2], length, tokens.device)
+        attended = attention(q, k, v, self.attention_dropout if self.training else 0.0, self.scale(), mask)
         return self.proj(attended.transpose(1, 2).reshape(batch, q.shape[2], width))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(head_dim)) v for (B, heads, N, head_dim) tensors, with dropout on the weights.
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout: float = 0.0,
+    scale: torch.Tensor | float | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """softmax(scale q k^T) v for (B, heads, N, head_dim) tensors, with dropout on the weights.
+
+    ``scale`` defaults to 1 / sqrt(head_dim) and may be a tensor (learned); ``mask`` is a boolean (Nq, Nk)
+    tensor of the pairs that may attend (None: all).
 
     Fused (``scaled_dot_product_attention``) except for bfloat16 on the CPU, where two batched matmuls and a
     softmax are faster than SDPA's flash kernel (ViT-B/16 shapes, torch 2.14: 1.6-1.7x forward, 2.4x
     forward + backward; benchmarks/attention.py). The two agree to bfloat16 rounding.
     """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if isinstance(scale, torch.Tensor):  # SDPA takes a float scale only: fold a learned one into q
+        q, scale = q * scale.to(q.dtype), 1.0
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        weights = (q * scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            weights = weights.masked_fill(~mask, float("-inf"))
         return F.dropout(weights.softmax(dim=-1), dropout) @ v
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 class MLPBlock(nn.Module):
@@ -162,9 +196,10 @@ class TransformerEncoderBlock(nn.Module):
         mlp_dropout: float = 0.0,
         layer_norm_eps: float = 1e-6,
         drop_path: float = 0.0,
+        locality: bool = False,
     ):
         super().__init__()
-        self.msa_block = MultiheadSelfAttentionBlock(embed_dim, num_heads, attention_dropout, layer_norm_eps)
+        self.msa_block = MultiheadSelfAttentionBlock(embed_dim, num_heads, attention_dropout, layer_norm_eps, locality)
         self.mlp_block = MLPBlock(embed_dim, mlp_dim, mlp_dropout, layer_norm_eps)
         self.drop_path = DropPath(drop_path)
 
@@ -197,6 +232,13 @@ class ViT(nn.Module):
             storing them (less memory for large batches or ViT-L, about a third more compute).
         stem: how images become tokens: ``patch`` (the paper's linear patch projection), ``conv`` or
             ``shifted_patch`` (see :mod:`vitlit.tokenizers`; they help on small datasets).
+        position_embedding: ``learned`` (the paper) or ``sincos``: fixed 2D sine-cosine positions (MoCo v3,
+            Chen et al. 2021; Beyer et al. 2022), which need no learning (small datasets). Kept as a buffer of
+            the same name, so checkpoints keep their layout.
+        pooling: what the classifier reads: ``token`` (the class token, as the paper) or ``mean`` (the mean of
+            the patch tokens, timm's ``global_pool="avg"``; Beyer et al. 2022).
+        locality_self_attention: locality self-attention (Lee et al. 2021): a learned softmax temperature per
+            block and no token attending to itself (small datasets).
 
     ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -219,6 +261,9 @@ class ViT(nn.Module):
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
         stem: str = "patch",
+        position_embedding: str = "learned",
+        pooling: str = "token",
+        locality_self_attention: bool = False,
     ):
         super().__init__()
         _check_arguments(
@@ -243,15 +288,27 @@ class ViT(nn.Module):
 
         if stem not in STEMS:
             raise ValueError(f"ViT argument stem={stem!r} is not one of: {', '.join(STEMS)}")
+        if position_embedding not in POSITION_EMBEDDINGS:
+            choices = ", ".join(POSITION_EMBEDDINGS)
+            raise ValueError(f"ViT argument position_embedding={position_embedding!r} is not one of: {choices}")
+        if position_embedding == "sincos" and embed_dim % 4:
+            raise ValueError(f"ViT position_embedding=sincos needs embed_dim divisible by 4, got {embed_dim}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"ViT argument pooling={pooling!r} is not one of: {', '.join(POOLINGS)}")
+        self.pooling = pooling
         self.patch_embedding = STEMS[stem](in_channels, patch_size, embed_dim)
         self.class_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.position_embedding = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
+        if position_embedding == "learned":
+            self.position_embedding = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
+        else:
+            self.register_buffer("position_embedding", sincos_position_embedding(image_size // patch_size, embed_dim))
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         drop_path_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        locality = locality_self_attention
         self.transformer_encoder = nn.Sequential(
             *(
                 TransformerEncoderBlock(
-                    embed_dim, num_heads, mlp_dim, attention_dropout, mlp_dropout, layer_norm_eps, rate
+                    embed_dim, num_heads, mlp_dim, attention_dropout, mlp_dropout, layer_norm_eps, rate, locality
                 )
                 for rate in drop_path_rates
             )
@@ -268,7 +325,8 @@ class ViT(nn.Module):
         """Initialise as timm does for ViT: truncated normal(0.02) for tokens and linear weights,
         zero biases, and a zero classifier head (so training starts from uniform predictions)."""
         nn.init.trunc_normal_(self.class_embedding, std=0.02)
-        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+        if isinstance(self.position_embedding, nn.Parameter):
+            nn.init.trunc_normal_(self.position_embedding, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -323,15 +381,34 @@ class ViT(nn.Module):
         return tokens
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off the class token."""
-        return self.classifier(tokens[:, 0])
+        """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off the class token (or the mean of
+        the patch tokens with ``pooling="mean"``)."""
+        pooled = tokens[:, 1:].mean(dim=1) if self.pooling == "mean" else tokens[:, 0]
+        return self.classifier(pooled)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # Only the class token reaches the classifier, so the last block computes nothing else.
-        return self.forward_head(self.encode(self.embed(images), class_token_only=True))
+        # With class-token pooling only the class token reaches the classifier: the last block computes nothing else.
+        return self.forward_head(self.encode(self.embed(images), class_token_only=self.pooling == "token"))
 
 
 STEMS = {"patch": PatchEmbedding, "conv": ConvStem, "shifted_patch": ShiftedPatchTokenization}
+POSITION_EMBEDDINGS = ("learned", "sincos")
+POOLINGS = ("token", "mean")
+
+
+def sincos_position_embedding(grid_side: int, embed_dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding (1, 1 + side*side, D), the class token's entry zero.
+
+    A quarter of the channels each hold sin(x w), cos(x w), sin(y w), cos(y w) for frequencies w from 1 down
+    to 1/temperature (MoCo v3; big_vision's ``posemb_sincos_2d``; lucidrains' SimpleViT).
+    """
+    y, x = torch.meshgrid(torch.arange(grid_side), torch.arange(grid_side), indexing="ij")
+    quarter = embed_dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter) / max(quarter - 1, 1))
+    x = x.flatten()[:, None] * omega[None, :]
+    y = y.flatten()[:, None] * omega[None, :]
+    patches = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
+    return torch.cat([torch.zeros(1, embed_dim), patches]).unsqueeze(0)
 
 
 def resample_position_embedding(
