@@ -10,7 +10,7 @@ The module tree reads like the paper and like the notebook vitlit replaces::
     ├─ transformer_encoder  depth x TransformerEncoderBlock (pre-norm, residual around each half)
     │   ├─ msa_block        LayerNorm -> multi-head self-attention (fused qkv, SDPA; the last block: class token only)
     │   └─ mlp_block        LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D)
-    └─ classifier           LayerNorm(D) + Linear(D, classes) on the class token (or the mean patch token)
+    └─ classifier           LayerNorm(D) + Linear(D, classes) on the class token (or mean patch token: see pooling)
 
 The classifier's LayerNorm plays the role of the encoder's final norm in torchvision and timm;
 LayerNorm acts on each token alone, so normalising only the class token gives the same logits.
