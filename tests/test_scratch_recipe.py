@@ -1,4 +1,4 @@
-"""The from-scratch recipe's pieces (experiment=scratch): stems, batch mixing, EMA, validation split, flip TTA."""
+"""The from-scratch recipe's pieces (experiment=scratch): stems, erasing, mixing, EMA, validation split, flip TTA."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from conftest import compose_config, make_image_folder
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torchvision.transforms import v2
 
 from vitlit.batch_mixing import batch_mixing
 from vitlit.data import ImageFolderDataModule, stratified_split
@@ -17,6 +18,7 @@ from vitlit.model import ViT
 from vitlit.module import ViTClassifier
 from vitlit.tokenizers import ConvStem, ShiftedPatchTokenization
 from vitlit.training import train
+from vitlit.transforms import IMAGENET_MEAN, train_transform
 from vitlit.weight_averaging import ExponentialMovingAverage
 
 SMALL_NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
@@ -94,6 +96,27 @@ def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
         assert torch.allclose(module.evaluation_logits(images), expected, atol=1e-6)
         assert not torch.allclose(module(images), expected, atol=1e-4)
         assert torch.allclose(module.predict_step(images, 0), expected.softmax(-1), atol=1e-6)
+
+
+def test_random_erasing_fills_one_rectangle_with_the_mean_colour_in_uint8_and_zero_when_normalised():
+    image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean_colour = torch.tensor([round(255 * c) for c in IMAGENET_MEAN], dtype=torch.uint8).view(3, 1, 1)
+    common = {"horizontal_flip": 0.0, "random_erasing": 1.0}
+    torch.manual_seed(1)
+    erased = train_transform(32, normalize=False, **common)(image)
+    torch.manual_seed(1)  # the same crop, no erasing
+    kept = train_transform(32, normalize=False, **{**common, "random_erasing": 0.0})(image)
+    filled = (erased == mean_colour).all(0)
+    rows, cols = filled.nonzero().unbind(1)
+    box = filled[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert erased.dtype == torch.uint8 and erased.shape == (3, 32, 32)
+    assert box.all() and 0.02 * 32 * 32 <= box.numel() <= 0.33 * 32 * 32  # one rectangle in torchvision's area range
+    assert torch.equal(erased[:, ~filled], kept[:, ~filled]) and not torch.equal(erased, kept)
+    assert (train_transform(32, **common)(image) == 0).all(0).sum() >= 0.02 * 32 * 32
+    with pytest.raises(ValueError, match=r"data\.random_erasing must be a probability"):
+        train_transform(32, random_erasing=1.5)
+    data = ImageFolderDataModule("unused", image_size=32, random_erasing=0.25)
+    assert [step.p for step in data.train_transform.transforms if isinstance(step, v2.RandomErasing)] == [0.25]
 
 
 def test_stratified_split_is_seeded_disjoint_and_keeps_class_proportions():

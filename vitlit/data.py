@@ -246,6 +246,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         train_crop_scale: Sequence[float] = (0.08, 1.0),
         horizontal_flip: float = 0.5,
         auto_augment: str | None = None,
+        random_erasing: float = 0.0,
         eval_crop_fraction: float = 0.875,
         interpolation: str = "bilinear",
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -282,7 +283,15 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std, normalize=False)
         self.train_transform = (
             train_transform(
-                image_size, train_crop_scale, horizontal_flip, auto_augment, interpolation, mean, std, normalize=False
+                image_size,
+                train_crop_scale,
+                horizontal_flip,
+                auto_augment,
+                interpolation,
+                mean,
+                std,
+                normalize=False,
+                random_erasing=random_erasing,
             )
             if train_augment
             else self.eval_transform

@@ -38,8 +38,15 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     normalize: bool = True,
+    random_erasing: float = 0.0,
 ) -> v2.Compose:
-    """Random resized crop, horizontal flip, optional automatic augmentation, then normalisation (if ``normalize``)."""
+    """Random resized crop, horizontal flip, optional automatic augmentation, then normalisation (if ``normalize``).
+
+    ``random_erasing`` is the probability of erasing one random rectangle (Zhong et al. 2020) to the mean
+    colour, i.e. to zero after normalisation (timm's ``re_mode="const"``); in uint8 it is the rounded mean.
+    """
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"data.random_erasing must be a probability in [0, 1], got {random_erasing}")
     steps = [
         v2.RandomResizedCrop(
             image_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
@@ -50,7 +57,11 @@ def train_transform(
         if auto_augment not in AUTO_AUGMENTS:
             raise ValueError(f"data.auto_augment={auto_augment!r} is not one of: {', '.join(AUTO_AUGMENTS)} (or null)")
         steps.append(AUTO_AUGMENTS[auto_augment]())  # these policies work on uint8 images
-    return v2.Compose([*steps, *_to_normalised_float(mean, std, normalize)])
+    steps += _to_normalised_float(mean, std, normalize)
+    if random_erasing:
+        fill = 0.0 if normalize else [round(255 * channel) for channel in mean]
+        steps.append(v2.RandomErasing(random_erasing, value=fill))
+    return v2.Compose(steps)
 
 
 def eval_transform(
