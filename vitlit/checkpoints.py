@@ -95,6 +95,7 @@ def checkpoint_eval_transform(checkpoint: Mapping[str, Any]) -> v2.Compose:
 
 
 HEAD_PREFIX = "model.classifier.head."
+AUXILIARY_PREFIX = "relative_localization."
 
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
@@ -137,8 +138,10 @@ def check_checkpoint_fits(module: ViTClassifier, path: str | Path) -> None:
 
 def load_backbone(module: ViTClassifier, path: str | Path) -> None:
     """Load every weight of the checkpoint at ``path`` but the classifier head, which starts again from zero."""
-    state_dict = {k: v for k, v in read_checkpoint(path)["state_dict"].items() if not k.startswith(HEAD_PREFIX)}
-    backbone_mismatches = [line for line in shape_mismatches(module, state_dict) if not line.startswith(HEAD_PREFIX)]
+    # Training-only auxiliary heads start again as well: the new run may or may not have them.
+    fresh = (HEAD_PREFIX, AUXILIARY_PREFIX)
+    state_dict = {k: v for k, v in read_checkpoint(path)["state_dict"].items() if not k.startswith(fresh)}
+    backbone_mismatches = [line for line in shape_mismatches(module, state_dict) if not line.startswith(fresh)]
     if backbone_mismatches:
         shown = "\n".join(f"  {line}" for line in backbone_mismatches[:8])
         raise ValueError(

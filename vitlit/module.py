@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitlit.batch_mixing import batch_mixing
 from vitlit.model import ViT
+from vitlit.relative_localization import DenseRelativeLocalization
 from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitlit.weights import load_pretrained
 
@@ -49,11 +50,15 @@ class ViTClassifier(L.LightningModule):
             (Yun et al. 2019), Beta(alpha, alpha) mixing weights; with both above 0 each batch gets one of
             them at random; 0 disables each. The loss then uses soft targets; train/acc counts the true labels.
         test_time_flip: validation, test and prediction average the logits of each image and its mirror image.
+        relative_localization_weight: weight of the dense relative localisation loss (Liu et al. 2021; see
+            :mod:`vitlit.relative_localization`) added to the training loss; 0 disables it.
+        relative_localization_pairs: token pairs per image that loss draws.
 
     Batches are (images (B, 3, H, W), labels (B,)); images either uint8 in [0, 255], normalised on the
     device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float
     tensors that are already normalised and pass through unchanged. ``forward`` accepts both too.
-    Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``.
+    Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``; with the
+    localisation loss on, ``train/relative_localization`` too (``train/loss`` includes it, weighted).
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class ViTClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         test_time_flip: bool = False,
+        relative_localization_weight: float = 0.0,
+        relative_localization_pairs: int = 64,
     ):
         super().__init__()
         # The factories are code, not hyperparameters: the run's config records them.
@@ -95,6 +102,16 @@ class ViTClassifier(L.LightningModule):
         self.freeze_backbone = freeze_backbone
         self.batch_mixing = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
         self.test_time_flip = test_time_flip
+        if relative_localization_weight < 0:
+            raise ValueError(
+                f"model.relative_localization_weight must be >= 0 (0 disables it), got {relative_localization_weight}"
+            )
+        self.relative_localization_weight = relative_localization_weight
+        self.relative_localization = (
+            DenseRelativeLocalization(self.model.class_embedding.shape[-1], relative_localization_pairs)
+            if relative_localization_weight > 0
+            else None
+        )
         if freeze_backbone:
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
@@ -152,8 +169,11 @@ class ViTClassifier(L.LightningModule):
             targets = labels
             if self.batch_mixing is not None:
                 images, targets = self.batch_mixing(images, labels)  # targets: (B, classes) probabilities
-            logits = self(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+            if self.relative_localization is None:
+                logits = self(images)
+                loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+            else:
+                logits, loss = self._loss_with_relative_localization(images, targets)
         else:
             logits = self.evaluation_logits(images)
             loss = F.cross_entropy(logits, labels)
@@ -165,6 +185,17 @@ class ViTClassifier(L.LightningModule):
         )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
+
+    def _loss_with_relative_localization(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_features(self.normalize(images))
+        logits = self.model.forward_head(tokens)
+        classification = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        grid = (images.shape[-2] // self.model.patch_size, images.shape[-1] // self.model.patch_size)
+        localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid)
+        self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
+        return logits, classification + self.relative_localization_weight * localization
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train", self.train_acc)[0]
@@ -209,7 +240,14 @@ class ViTClassifier(L.LightningModule):
         skip = self.model.no_weight_decay()
         depth = len(self.model.transformer_encoder)
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
-        for name, parameter in self.model.named_parameters():
+        named_parameters = list(self.model.named_parameters())
+        if self.relative_localization is not None:
+            # The auxiliary head is grouped as part of the classifier (the last layer under layer decay).
+            named_parameters += [
+                (f"classifier.relative_localization.{name}", parameter)
+                for name, parameter in self.relative_localization.named_parameters()
+            ]
+        for name, parameter in named_parameters:
             if not parameter.requires_grad:
                 continue
             layer = self._layer_id(name, depth) if self.layer_decay is not None else 0

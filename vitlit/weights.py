@@ -254,6 +254,7 @@ VITLIT = CheckpointFormat(
     block_prefix="transformer_encoder.{i}.",
     block={key: key for key in TIMM.block},
     head={key: key for key in TIMM.head},
+    ignored=("relative_localization.",),  # ViTClassifier's training-only auxiliary head, not part of the ViT
 )
 
 FORMATS = (TORCHVISION, TIMM, HUGGINGFACE_5, HUGGINGFACE_4, JAX, BIG_VISION, VITLIT)
