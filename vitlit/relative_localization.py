@@ -3,8 +3,8 @@ Datasets"): a self-supervised auxiliary loss for training on few images.
 
 From the encoder's output grid of patch tokens, pairs of tokens are drawn at random and a small MLP
 predicts how far apart they are, (rows, columns). Solving it needs spatial information in every output
-token, which a ViT trained on a few hundred labels does not otherwise learn; the loss adds it at the
-cost of a 3-layer MLP on a few pairs per image. Training only: evaluation never runs this head.
+token, which the classification loss alone does not ask for; the loss adds it at the cost of a
+3-layer MLP on a few pairs per image. Training only: evaluation never runs this head.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class DenseRelativeLocalization(nn.Module):
 
     Args:
         embed_dim: width D of the tokens.
-        pairs: pairs drawn per image (the paper's sample size: 64).
+        pairs: pairs drawn per image (64 by default in the paper's code).
         hidden_dim: width of the MLP's two hidden layers (512 in the paper).
 
     Targets are the offsets (row_i - row_j, col_i - col_j) shifted by (H - 1, W - 1) to be non-negative, in
