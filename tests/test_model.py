@@ -4,7 +4,7 @@ import torchvision
 from torch import nn
 
 from vitlit import ViT
-from vitlit.model import MultiheadSelfAttentionBlock, attention, resample_position_embedding
+from vitlit.model import MLPBlock, MultiheadSelfAttentionBlock, attention, resample_position_embedding
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128)
 
@@ -94,6 +94,7 @@ def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_o
         mlp_dropout=0.0,
         drop_path_rate=0.1,
         locality_self_attention=locality,
+        mlp_depthwise_conv=locality,
     )
     for parameter in model.parameters():
         nn.init.normal_(parameter, std=0.05)
@@ -105,7 +106,9 @@ def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_o
         logits = run(images)
         logits.square().sum().backward()
         outputs.append(logits.detach())
-        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        # The last block's depthwise convolution acts on patch tokens only: no gradient (or a zero one) reaches it.
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+        gradients.append(torch.cat([grad.flatten() for grad in grads]))
         model.zero_grad()
     assert (outputs[0] - outputs[1]).abs().max().item() <= 1e-5
     assert (gradients[0] - gradients[1]).abs().max().item() <= 1e-5
@@ -180,6 +183,33 @@ def test_locality_self_attention_masks_each_token_from_itself_and_learns_its_tem
     assert (attention(q, k, v, scale=torch.tensor(0.3), mask=mask) - explicit).abs().max().item() <= 1e-5
     low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=torch.tensor(0.3), mask=mask)
     assert (low.float() - explicit).abs().max().item() <= 0.05
+
+
+def test_the_mlp_depthwise_convolution_mixes_each_patch_token_with_its_3x3_neighbours_only():
+    torch.manual_seed(0)
+    block = MLPBlock(embed_dim=8, mlp_dim=16, depthwise_conv=True)
+    assert block.depthwise_conv.groups == 16 and block.depthwise_conv.kernel_size == (3, 3)
+    tokens = torch.randn(2, 1 + 3 * 4, 8)  # a class token, then a 3x4 grid in row-major order
+    moved = tokens.clone()
+    moved[:, 1 + 1 * 4 + 3] += torch.randn(8)  # the patch at row 1, column 3
+    changed = (block(moved, grid=(3, 4)) - block(tokens, grid=(3, 4))).abs().amax(dim=(0, 2)) > 1e-6
+    neighbours = {1 + row * 4 + column for row in (0, 1, 2) for column in (2, 3)}
+    assert {index for index in range(13) if changed[index]} == neighbours  # not the class token (0)
+    plain = MLPBlock(embed_dim=8, mlp_dim=16)
+    changed = (plain(moved) - plain(tokens)).abs().amax(dim=(0, 2)) > 1e-6
+    assert {index for index in range(13) if changed[index]} == {1 + 1 * 4 + 3}
+    with pytest.raises(ValueError, match="12 patch tokens do not fill a 3x3 grid"):
+        block(tokens)
+
+
+def test_mlp_depthwise_convolution_adds_a_3x3_filter_and_bias_per_hidden_channel_and_runs_on_any_grid():
+    small = dict(embed_dim=192, depth=6, num_heads=3, mlp_dim=768, position_embedding="sincos")
+    plain, local = ViT(num_classes=3, **small), ViT(num_classes=3, **small, mlp_depthwise_conv=True)
+    assert count(local) - count(plain) == 6 * 768 * (9 + 1)
+    assert count(local) == 2_864_067
+    model = ViT(num_classes=3, **MICRO, mlp_depthwise_conv=True, pooling="mean")
+    nn.init.normal_(model.classifier.head.weight)
+    assert model(torch.randn(2, 3, 224, 160)).shape == (2, 3)  # a 14x10 grid
 
 
 def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():

@@ -398,3 +398,22 @@ def test_vitlit_lightning_checkpoint_state_dict_loads(tmp_path: Path):
     model = tiny_vit()
     assert load_pretrained(model, tmp_path / "a.ckpt", load_head=True).format == "vitlit"
     assert max_diff(model(images(32)), source(images(32))) == 0.0
+
+
+def test_vitlit_checkpoint_carries_the_tensors_of_model_options_and_other_formats_name_them(tmp_path: Path):
+    options = dict(mlp_depthwise_conv=True, locality_self_attention=True)
+    source = perturbed(ViT(num_classes=5, **TINY, **options))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "a.ckpt")
+    model = ViT(num_classes=5, **TINY, **options).eval()
+    assert load_pretrained(model, tmp_path / "a.ckpt", load_head=True).format == "vitlit"
+    assert max_diff(model(images(32)), source(images(32))) == 0.0
+    with pytest.raises(ValueError, match=r"unexpected keys: transformer_encoder\.0\.msa_block\.log_scale"):
+        load_pretrained(tiny_vit(), tmp_path / "a.ckpt")  # a plain ViT has no place for them
+
+    torch.save(tiny_torchvision().state_dict(), tmp_path / "torchvision.pth")
+    with pytest.raises(
+        ValueError,
+        match=r"torchvision.pth: the model has weights a torchvision checkpoint does not "
+        r"hold: transformer_encoder.0.msa_block.log_scale.*mlp_depthwise_conv=false",
+    ):
+        load_pretrained(ViT(num_classes=5, **TINY, **options), tmp_path / "torchvision.pth")

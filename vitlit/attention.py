@@ -52,7 +52,7 @@ def attention_maps(
     finally:
         for handle in handles:
             handle.remove()
-    grid = (images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size)
+    grid = model.patch_grid(images)
     return logits, weights, class_token_map(weights, grid, method)
 
 

@@ -140,7 +140,10 @@ def attention(
 class MLPBlock(nn.Module):
     """Pre-norm feed-forward: LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D), dropout after each Linear.
 
-    (B, N, D) -> (B, N, D). The caller adds the residual.
+    With ``depthwise_conv`` a 3x3 depthwise convolution over the patch grid follows the first Linear
+    (PVT v2's convolutional feed-forward, Wang et al. 2022; LocalViT, Li et al. 2021): each token mixes with
+    its 8 neighbours, a locality prior that ViTs otherwise learn only from a lot of data. The class token
+    skips the convolution. (B, N, D) -> (B, N, D). The caller adds the residual.
     """
 
     def __init__(
@@ -149,17 +152,33 @@ class MLPBlock(nn.Module):
         mlp_dim: int = 3072,
         dropout: float = 0.0,
         layer_norm_eps: float = 1e-6,
+        depthwise_conv: bool = False,
     ):
         super().__init__()
         self.layer_norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.fc1 = nn.Linear(embed_dim, mlp_dim)
+        self.depthwise_conv = nn.Conv2d(mlp_dim, mlp_dim, 3, padding=1, groups=mlp_dim) if depthwise_conv else None
         self.gelu = nn.GELU()
         self.fc2 = nn.Linear(mlp_dim, embed_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.dropout(self.gelu(self.fc1(self.layer_norm(tokens))))
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """``grid`` (rows, columns) lays the tokens after the first (the class token) out for ``depthwise_conv``;
+        None: a square grid."""
+        hidden = self.fc1(self.layer_norm(tokens))
+        if self.depthwise_conv is not None and hidden.shape[1] > 1:
+            hidden = torch.cat([hidden[:, :1], self._convolve(hidden[:, 1:], grid)], dim=1)
+        hidden = self.dropout(self.gelu(hidden))
         return self.dropout(self.fc2(hidden))
+
+    def _convolve(self, patches: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+        batch, count, channels = patches.shape
+        rows, columns = grid or (math.isqrt(count),) * 2
+        if rows * columns != count:
+            raise ValueError(f"{count} patch tokens do not fill a {rows}x{columns} grid: pass the grid")
+        # (B, N, M) viewed as (B, M, rows, columns) is channels-last in memory: no copy either way.
+        image = patches.view(batch, rows, columns, channels).permute(0, 3, 1, 2)
+        return self.depthwise_conv(image).permute(0, 2, 3, 1).reshape(batch, count, channels)
 
 
 class DropPath(nn.Module):
@@ -197,17 +216,21 @@ class TransformerEncoderBlock(nn.Module):
         layer_norm_eps: float = 1e-6,
         drop_path: float = 0.0,
         locality: bool = False,
+        mlp_depthwise_conv: bool = False,
     ):
         super().__init__()
         self.msa_block = MultiheadSelfAttentionBlock(embed_dim, num_heads, attention_dropout, layer_norm_eps, locality)
-        self.mlp_block = MLPBlock(embed_dim, mlp_dim, mlp_dropout, layer_norm_eps)
+        self.mlp_block = MLPBlock(embed_dim, mlp_dim, mlp_dropout, layer_norm_eps, mlp_depthwise_conv)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, tokens: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
-        """With ``class_token_only`` the output is the class token's alone, (B, 1, D)."""
+    def forward(
+        self, tokens: torch.Tensor, class_token_only: bool = False, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """With ``class_token_only`` the output is the class token's alone, (B, 1, D). ``grid``: the patch grid
+        (rows, columns) for the MLP's depthwise convolution (None: square)."""
         attended = self.drop_path(self.msa_block(tokens, class_token_only))
         tokens = (tokens[:, :1] if class_token_only else tokens) + attended
-        return tokens + self.drop_path(self.mlp_block(tokens))
+        return tokens + self.drop_path(self.mlp_block(tokens, grid))
 
 
 class ViT(nn.Module):
@@ -239,6 +262,8 @@ class ViT(nn.Module):
             the patch tokens, timm's ``global_pool="avg"``; Beyer et al. 2022).
         locality_self_attention: locality self-attention (Lee et al. 2021): a learned softmax temperature per
             block and no token attending to itself (small datasets).
+        mlp_depthwise_conv: a 3x3 depthwise convolution over the patch grid inside every MLP block (PVT v2,
+            Wang et al. 2022; LocalViT, Li et al. 2021): a locality prior for small datasets.
 
     ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -264,6 +289,7 @@ class ViT(nn.Module):
         position_embedding: str = "learned",
         pooling: str = "token",
         locality_self_attention: bool = False,
+        mlp_depthwise_conv: bool = False,
     ):
         super().__init__()
         _check_arguments(
@@ -308,7 +334,15 @@ class ViT(nn.Module):
         self.transformer_encoder = nn.Sequential(
             *(
                 TransformerEncoderBlock(
-                    embed_dim, num_heads, mlp_dim, attention_dropout, mlp_dropout, layer_norm_eps, rate, locality
+                    embed_dim,
+                    num_heads,
+                    mlp_dim,
+                    attention_dropout,
+                    mlp_dropout,
+                    layer_norm_eps,
+                    rate,
+                    locality,
+                    mlp_depthwise_conv,
                 )
                 for rate in drop_path_rates
             )
@@ -339,6 +373,11 @@ class ViT(nn.Module):
             patcher = self.patch_embedding.patcher
             nn.init.trunc_normal_(patcher.weight, std=math.sqrt(1.0 / patcher.weight[0].numel()))
             nn.init.zeros_(patcher.bias)
+        for block in self.transformer_encoder:
+            conv = block.mlp_block.depthwise_conv
+            if conv is not None:  # He-normal on the 3x3 fan-out, as PVT v2
+                nn.init.normal_(conv.weight, std=math.sqrt(2.0 / conv.weight[0].numel()))
+                nn.init.zeros_(conv.bias)
         self.reset_classifier(self.num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -357,27 +396,34 @@ class ViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> encoded tokens (B, 1 + N, D), class token first, before the final norm."""
-        return self.encode(self.embed(images))
+        return self.encode(self.embed(images), grid=self.patch_grid(images))
+
+    def patch_grid(self, images: torch.Tensor) -> tuple[int, int]:
+        """The (rows, columns) of patches that ``images`` (B, C, H, W) are cut into."""
+        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the encoder's input tokens (B, 1 + N, D): patches, class token, positions."""
         tokens = self.patch_embedding(images)
         class_token = self.class_embedding.expand(tokens.shape[0], -1, -1)
         tokens = torch.cat([class_token, tokens], dim=1)
-        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        grid = self.patch_grid(images)
         return self.embedding_dropout(tokens + resample_position_embedding(self.position_embedding, grid))
 
-    def encode(self, tokens: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+    def encode(
+        self, tokens: torch.Tensor, class_token_only: bool = False, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Run the encoder blocks on (B, 1 + N, D) tokens. With ``class_token_only`` the last block computes
-        and returns the class token alone, (B, 1, D): the same values, for 7% fewer FLOPs in ViT-B/16."""
+        and returns the class token alone, (B, 1, D): the same values, for 7% fewer FLOPs in ViT-B/16.
+        ``grid``: the patch grid (rows, columns), needed by ``mlp_depthwise_conv`` when it is not square."""
         last = len(self.transformer_encoder) - 1
         checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.transformer_encoder):
             only = class_token_only and index == last
             if checkpointed:
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, only, use_reentrant=False)
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, only, grid, use_reentrant=False)
             else:
-                tokens = block(tokens, only)
+                tokens = block(tokens, only, grid)
         return tokens
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -388,7 +434,8 @@ class ViT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # With class-token pooling only the class token reaches the classifier: the last block computes nothing else.
-        return self.forward_head(self.encode(self.embed(images), class_token_only=self.pooling == "token"))
+        tokens = self.embed(images)
+        return self.forward_head(self.encode(tokens, self.pooling == "token", self.patch_grid(images)))
 
 
 STEMS = {"patch": PatchEmbedding, "conv": ConvStem, "shifted_patch": ShiftedPatchTokenization}

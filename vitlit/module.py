@@ -192,7 +192,7 @@ class ViTClassifier(L.LightningModule):
         tokens = self.model.forward_features(self.normalize(images))
         logits = self.model.forward_head(tokens)
         classification = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        grid = (images.shape[-2] // self.model.patch_size, images.shape[-1] // self.model.patch_size)
+        grid = self.model.patch_grid(images)
         localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid)
         self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
         return logits, classification + self.relative_localization_weight * localization

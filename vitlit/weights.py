@@ -369,6 +369,10 @@ def convert_state_dict(
                 tuple(block_prefix + key for key in source.keys), source.convert
             )
 
+    if checkpoint_format is VITLIT:  # vitlit's own names: the tensors of options such as mlp_depthwise_conv too
+        extra = (key for key in model.state_dict() if key not in rules and not key.startswith("classifier.head."))
+        rules.update({key: key for key in extra})
+
     used: set[str] = set()
     backbone, missing = {}, []
     for ours, theirs in rules.items():
@@ -495,6 +499,13 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
         found = f"{head_classes} classes" if head else "no classifier head"
         log.warning(
             "not loading the classifier head: the checkpoint has %s, the model %d classes", found, model.num_classes
+        )
+    extra = [key for key in own if key not in backbone and not key.startswith("classifier.head.")]
+    if extra:
+        raise ValueError(
+            f"{text}: the model has weights a {checkpoint_format.name} checkpoint does not hold: {few_keys(extra)}; "
+            "build the ViT without the options that add them (e.g. model.net.mlp_depthwise_conv=false, "
+            "model.net.locality_self_attention=false) to load these weights"
         )
     copied = len(backbone) + (len(head) if head_loaded else 0)
     model.reset_classifier(model.num_classes)
