@@ -19,6 +19,7 @@ from vitlit.eval import evaluate
 from vitlit.module import ViTClassifier
 from vitlit.predict import image_files, predict
 from vitlit.training import train
+from vitlit.transforms import eval_transform
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -98,6 +99,34 @@ def test_predict_returns_probabilities_that_sum_to_one_and_the_argmax_of_the_log
     assert json.loads((tmp_path / "p" / "predictions.json").read_text()) == records
     assert records[0]["annotated"] == str(tmp_path / "p" / "annotated" / "0.png")
     assert records[1]["annotated"] == str(tmp_path / "p" / "annotated" / "test" / "cat" / "0.png")
+
+
+def test_eval_and_predict_average_the_logits_of_every_crop_and_mirror_the_checkpoint_names(tmp_path):
+    root = make_image_folder(
+        tmp_path / "images", {"train": dict.fromkeys(CLASSES, 4), "test": dict.fromkeys(CLASSES, 3)}
+    )
+    views = ["data.eval_crop_fraction=[0.5,1.0]", "model.test_time_flip=true", "trainer.max_epochs=1", "test=false"]
+    train(compose_config([*TINY_RUN, f"data.root={root}", *views], tmp_path / "run"))
+    checkpoint = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    module = ViTClassifier.load_from_checkpoint(checkpoint).eval()
+    files = sorted((root / "test").rglob("*.jpg"))
+    by_hand = []
+    with torch.no_grad():
+        for fraction in (0.5, 1.0):  # the crops and mirrors, one at a time, without vitlit's eval or predict code
+            transform = eval_transform(module.model.image_size, fraction)
+            images = torch.stack([transform(load_rgb(path)) for path in files])
+            by_hand += [module(images), module(images.flip(-1))]
+    probabilities = torch.stack(by_hand).mean(0).softmax(-1)
+    labels = torch.tensor([CLASSES.index(path.parent.name) for path in files])
+
+    overrides = [f"ckpt_path={checkpoint}", "data=image_folder", f"data.root={root}", "callbacks.progress_bar=null"]
+    metrics = evaluate(command_config("eval", overrides, tmp_path / "eval"))
+    assert metrics["test/acc"] == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
+    records = predict(
+        command_config("predict", [f"ckpt_path={checkpoint}", f"inputs=[{root / 'test'}]"], tmp_path / "p")
+    )
+    predicted = torch.tensor([[record["probabilities"][name] for name in CLASSES] for record in records])
+    assert torch.allclose(predicted, probabilities, atol=1e-5)
 
 
 def test_predict_takes_a_checkpoint_of_any_model_size_with_its_own_image_size(tmp_path):

@@ -18,7 +18,7 @@ from vitlit.model import ViT
 from vitlit.module import ViTClassifier
 from vitlit.tokenizers import ConvStem, ShiftedPatchTokenization
 from vitlit.training import train
-from vitlit.transforms import IMAGENET_MEAN, train_transform
+from vitlit.transforms import IMAGENET_MEAN, eval_transform, train_transform
 from vitlit.weight_averaging import ExponentialMovingAverage
 
 SMALL_NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
@@ -174,7 +174,7 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert (cfg.model.net.image_size, cfg.model.net.patch_size) == (224, 16) and cfg.data.image_size == 224
     assert (cfg.model.net.position_embedding, cfg.model.net.pooling) == ("sincos", "mean") and cfg.model.test_time_flip
     assert cfg.data.random_erasing == 0.25 and tuple(cfg.data.train_crop_scale) == (0.35, 1.0)
-    assert cfg.data.eval_crop_fraction == 0.75
+    assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875]
     preset = compose_config(["experiment=scratch"])
     assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (6, 192, 300)
     assert preset.model.relative_localization_weight == 0.1 and preset.model.relative_localization_pairs == 64
@@ -191,3 +191,38 @@ def test_scratch_preset_validates_on_a_part_of_train_when_asked(tmp_path: Path):
     quick = ["trainer.max_epochs=1", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
     metrics = train(compose_config([*overrides, f"data.root={root}", *quick], output_dir=tmp_path / "run"))
     assert "val/acc" in metrics and "test/acc" not in metrics
+
+
+def test_several_eval_crop_fractions_stack_one_view_per_fraction():
+    image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = eval_transform(32, crop_fraction=[0.5, 1.0])(image)
+    assert views.shape == (2, 3, 32, 32)
+    assert torch.equal(views[0], eval_transform(32, crop_fraction=0.5)(image))
+    assert torch.equal(views[1], eval_transform(32, crop_fraction=1.0)(image))
+    assert not torch.allclose(views[0], views[1])
+    for bad in ([], [0.5, 1.5], 0.0):
+        with pytest.raises(ValueError, match=r"data\.eval_crop_fraction must be in"):
+            eval_transform(32, crop_fraction=bad)
+
+
+def test_eval_batches_carry_the_views_and_training_batches_do_not(tmp_path: Path):
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 4, "dog": 4}, "test": {"cat": 2, "dog": 2}})
+    data = ImageFolderDataModule(root, batch_size=4, num_workers=0, image_size=32, eval_crop_fraction=[0.5, 0.875])
+    data.setup("fit")
+    assert data.draft_size == 64  # decoded large enough for the tighter crop's resize
+    assert next(iter(data.train_dataloader()))[0].shape == (4, 3, 32, 32)
+    assert next(iter(data.val_dataloader()))[0].shape == (4, 2, 3, 32, 32)
+    frozen = ImageFolderDataModule(root, image_size=32, eval_crop_fraction=[0.5, 0.875], train_augment=False)
+    assert frozen.train_transform(torch.zeros(3, 40, 40, dtype=torch.uint8)).shape == (3, 32, 32)
+
+
+def test_evaluation_logits_average_the_views_and_their_mirrors():
+    torch.manual_seed(0)
+    module = ViTClassifier(net=SMALL_NET, class_names=["a", "b", "c"], test_time_flip=True).eval()
+    torch.nn.init.normal_(module.model.classifier.head.weight)
+    views = torch.randn(2, 3, 3, 32, 32)  # 2 images, 3 views each
+    with torch.no_grad():
+        expected = torch.stack([module.evaluation_logits(views[:, v]) for v in range(3)]).mean(0)
+        assert torch.allclose(module.evaluation_logits(views), expected, atol=1e-6)
+        assert not torch.allclose(module.evaluation_logits(views[:, 0]), expected, atol=1e-4)
+        assert torch.allclose(module.predict_step(views, 0), expected.softmax(-1), atol=1e-6)

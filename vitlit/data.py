@@ -38,7 +38,7 @@ from vitlit.data_checks import (
     to_rgb,
     warn_about_loose_files,
 )
-from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_fractions, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -223,15 +223,17 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     Batches are (images uint8 (B, 3, S, S), labels int64 (B,)); the LightningModule normalises the
     images on the device with ``mean``/``std`` (a quarter of float32's host-to-device traffic).
+    A list of ``eval_crop_fraction`` makes evaluation batches (B, V, 3, S, S), one view per fraction
+    (multi-scale test-time augmentation: the module averages their logits).
     ``download`` (``{url, sha256, size}``) fetches the dataset when ``root`` does not exist.
     ``num_workers=None`` uses every CPU core this process may run on; ``pin_memory=None`` pins when CUDA is available.
     ``bad_images``: ``error`` stops at set-up listing every image that does not decode; ``skip`` drops them.
-    ``fast_decode`` decodes JPEGs at a reduced scale that keeps at least the eval resize size
+    ``fast_decode`` decodes JPEGs at a reduced scale that keeps at least the largest eval resize size
     (``image_size / eval_crop_fraction``, 256 for 224) on both sides. ``cache`` decodes every image once at
     set-up and keeps it in memory (shared with the loader workers), so no epoch reads a file again.
     ``drop_last`` drops the last partial training batch, so every step has the same shape (no
     ``torch.compile`` recompilation) and no step rests on a handful of images.
-    ``train_augment=False`` trains on the eval pipeline, as a frozen feature extractor usually does.
+    ``train_augment=False`` trains on the eval pipeline (its first view), as a frozen feature extractor usually does.
     ``val_fraction`` > 0 validates on that fraction of ``train/`` instead (stratified by class, drawn with
     ``split_seed``) and trains on the rest, so choices made on validation never see ``val/`` or ``test/``.
     """
@@ -247,7 +249,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         horizontal_flip: float = 0.5,
         auto_augment: str | None = None,
         random_erasing: float = 0.0,
-        eval_crop_fraction: float = 0.875,
+        eval_crop_fraction: float | Sequence[float] = 0.875,
         interpolation: str = "bilinear",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -280,7 +282,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.mean, self.std = tuple(mean), tuple(std)
-        self.eval_transform = eval_transform(image_size, eval_crop_fraction, interpolation, mean, std, normalize=False)
+        fractions = crop_fractions(eval_crop_fraction)
+        self.eval_transform = eval_transform(image_size, fractions, interpolation, mean, std, normalize=False)
         self.train_transform = (
             train_transform(
                 image_size,
@@ -295,8 +298,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
             if train_augment
             else self.eval_transform
+            if len(fractions) == 1
+            else eval_transform(image_size, fractions[0], interpolation, mean, std, normalize=False)
         )
-        self.draft_size = round(image_size / eval_crop_fraction) if fast_decode else None
+        self.draft_size = round(image_size / min(fractions)) if fast_decode else None
         self.cache = cache
         self.drop_last = drop_last
         self.splits: dict[str, ImageFolderSplit] = {}

@@ -54,7 +54,8 @@ class ViTClassifier(L.LightningModule):
             :mod:`vitlit.relative_localization`) added to the training loss; 0 disables it.
         relative_localization_pairs: token pairs per image that loss draws.
 
-    Batches are (images (B, 3, H, W), labels (B,)); images either uint8 in [0, 255], normalised on the
+    Batches are (images (B, 3, H, W), labels (B,)), evaluation batches also (B, V, 3, H, W) (V views of each
+    image, see ``evaluation_logits``); images either uint8 in [0, 255], normalised on the
     device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float
     tensors that are already normalised and pass through unchanged. ``forward`` accepts both too.
     Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``; with the
@@ -148,11 +149,17 @@ class ViTClassifier(L.LightningModule):
             self.model.compile(dynamic=False)
 
     def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for evaluation: ``forward``, averaged with the mirrored images' logits when ``test_time_flip``."""
+        """Logits for evaluation: ``forward``, averaged with the mirrored images' logits when ``test_time_flip``.
+
+        Images (B, V, 3, H, W) hold V views of each image (``data.eval_crop_fraction`` as a list): their
+        logits are averaged too.
+        """
+        views = images.shape[1] if images.ndim == 5 else 1
+        images = images.flatten(0, 1) if images.ndim == 5 else images
         logits = self(images)
         if self.test_time_flip:
             logits = (logits + self(images.flip(-1))) / 2
-        return logits
+        return logits.unflatten(0, (-1, views)).mean(dim=1)
 
     def train(self, mode: bool = True) -> ViTClassifier:
         super().train(mode)

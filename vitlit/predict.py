@@ -110,7 +110,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 raise ValueError(f"cannot read the image {path} ({error}); remove it or pass other inputs") from None
         with torch.no_grad():
             inputs_tensor = torch.stack([transform(image) for image in images]).to(device)
-            probabilities = module(inputs_tensor).float().softmax(dim=-1).cpu()
+            probabilities = module.evaluation_logits(inputs_tensor).float().softmax(dim=-1).cpu()
         for path, image, row in zip(batch, images, probabilities, strict=True):
             values, indices = row.topk(top_k)
             record: dict[str, Any] = {

@@ -82,7 +82,10 @@ class StageResults:
         self.logits: list[torch.Tensor] = []
 
     def update(self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
-        """One batch: images (B, 3, H, W) as the model saw them, labels (B,), logits (B, C)."""
+        """One batch: images (B, 3, H, W) as the model saw them (of (B, V, 3, H, W) views, the first), labels (B,),
+        logits (B, C)."""
+        if images.ndim == 5:
+            images = images[:, 0]
         self.metrics.update(logits.detach(), labels)
         for index in range(len(labels)):
             if self.seen + index in self.positions:

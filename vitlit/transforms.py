@@ -66,23 +66,48 @@ def train_transform(
 
 def eval_transform(
     image_size: int = 224,
-    crop_fraction: float = 0.875,
+    crop_fraction: float | Sequence[float] = 0.875,
     interpolation: str = "bilinear",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     normalize: bool = True,
-) -> v2.Compose:
+) -> v2.Compose | StackedViews:
     """Resize the shorter side to ``image_size / crop_fraction`` (256 for 224), centre-crop ``image_size``,
-    then normalise (if ``normalize``)."""
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"data.eval_crop_fraction must be in (0, 1], got {crop_fraction}")
-    return v2.Compose(
-        [
-            v2.Resize(round(image_size / crop_fraction), interpolation=_interpolation(interpolation), antialias=True),
-            v2.CenterCrop(image_size),
-            *_to_normalised_float(mean, std, normalize),
-        ]
-    )
+    then normalise (if ``normalize``).
+
+    Several fractions give one such view per fraction, stacked (V, 3, S, S): multi-scale test-time
+    augmentation, whose logits ``ViTClassifier.evaluation_logits`` averages.
+    """
+    views = [
+        v2.Compose(
+            [
+                v2.Resize(round(image_size / fraction), interpolation=_interpolation(interpolation), antialias=True),
+                v2.CenterCrop(image_size),
+                *_to_normalised_float(mean, std, normalize),
+            ]
+        )
+        for fraction in crop_fractions(crop_fraction)
+    ]
+    return views[0] if len(views) == 1 else StackedViews(views)
+
+
+def crop_fractions(crop_fraction: float | Sequence[float]) -> tuple[float, ...]:
+    """``data.eval_crop_fraction`` (one fraction or a list) as a checked tuple of fractions."""
+    fractions = (crop_fraction,) if isinstance(crop_fraction, (int, float)) else tuple(crop_fraction)
+    if not fractions or not all(isinstance(f, (int, float)) and 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"data.eval_crop_fraction must be in (0, 1], or a non-empty list of such, got {crop_fraction}")
+    return fractions
+
+
+class StackedViews(torch.nn.Module):
+    """Applies every view transform to the same image and stacks the results: (V, 3, S, S)."""
+
+    def __init__(self, views: Sequence[v2.Transform]):
+        super().__init__()
+        self.views = torch.nn.ModuleList(views)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([view(image) for view in self.views])
 
 
 def _to_normalised_float(mean: Sequence[float], std: Sequence[float], normalize: bool) -> list[v2.Transform]:
