@@ -222,6 +222,32 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():
     assert not torch.equal(model(images), model(images))
 
 
+def test_patch_dropout_keeps_the_class_token_and_a_random_half_of_the_patches_in_training_only():
+    torch.manual_seed(0)
+    model = ViT(num_classes=3, image_size=32, patch_size=8, patch_drop_rate=0.5, **MICRO)  # a 4x4 grid
+    images = torch.randn(2, 3, 32, 32)
+    tokens = model.embed(images)
+    model.train()
+    dropped, kept = model.drop_patches(tokens)
+    assert dropped.shape == (2, 1 + 8, 64) and kept.shape == (2, 8)
+    assert all(row.unique().numel() == 8 and torch.equal(row, row.sort().values) for row in kept)
+    assert not torch.equal(kept[0], kept[1])  # each image draws its own patches
+    assert torch.equal(dropped[:, 0], tokens[:, 0])
+    for image in range(2):
+        assert torch.equal(dropped[image, 1:], tokens[image, 1 + kept[image]])
+    assert model.forward_features(images).shape == (2, 9, 64) and model(images).shape == (2, 3)
+
+    model.eval()
+    assert model.drop_patches(tokens) == (tokens, None)
+    plain = ViT(num_classes=3, image_size=32, patch_size=8, **MICRO).eval()
+    plain.load_state_dict(model.state_dict())  # no tensors of its own
+    assert torch.equal(plain(images), model(images))
+    with pytest.raises(ValueError, match="patch_drop_rate > 0 leaves holes in the patch grid"):
+        ViT(num_classes=3, patch_drop_rate=0.5, mlp_depthwise_conv=True, **MICRO)
+    with pytest.raises(ValueError, match=r"patch_drop_rate must be a probability in \[0, 1\)"):
+        ViT(num_classes=3, patch_drop_rate=1.0, **MICRO)
+
+
 def test_stochastic_depth_rises_linearly_and_drops_whole_residual_branches_per_sample():
     model = ViT(num_classes=3, embed_dim=64, depth=3, num_heads=4, mlp_dim=128, drop_path_rate=0.2)
     assert [block.drop_path.rate for block in model.transformer_encoder] == pytest.approx([0.0, 0.1, 0.2])

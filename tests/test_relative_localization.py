@@ -42,6 +42,20 @@ def test_targets_are_the_row_and_column_offsets_of_each_token_pair():
         DenseRelativeLocalization(embed_dim=8, pairs=0)
 
 
+def test_tokens_left_by_patch_dropout_are_located_by_their_positions():
+    torch.manual_seed(0)
+    rows, columns = 3, 4
+    tokens = torch.eye(rows * columns).expand(2, -1, -1)
+    kept = torch.stack([torch.randperm(rows * columns)[:6].sort().values for _ in range(2)])
+    subset = tokens.gather(1, kept.unsqueeze(-1).expand(-1, -1, rows * columns))
+    head = DenseRelativeLocalization(embed_dim=rows * columns, pairs=50)
+    head.mlp = exact_offset_predictor(rows, columns)
+    assert head(subset, (rows, columns), kept).item() == pytest.approx(0.0, abs=1e-5)
+    assert head(subset, (rows, columns), kept.flip(1)).item() > 0.1  # the wrong positions: other offsets
+    with pytest.raises(ValueError, match="6 tokens do not fill a 3x4 grid"):
+        head(subset, (rows, columns))
+
+
 def test_training_loss_adds_the_weighted_localization_loss_and_evaluation_ignores_it():
     torch.manual_seed(0)
     module = ViTClassifier(
@@ -96,3 +110,9 @@ def test_checkpoints_with_the_auxiliary_head_load_as_weights_and_as_a_backbone(t
 def test_a_run_logs_the_localization_loss(tiny_config):
     metrics = train(tiny_config("model.relative_localization_weight=0.1", "model.relative_localization_pairs=8"))
     assert metrics["train/relative_localization"] > 0
+
+
+def test_a_run_with_patch_dropout_trains_the_localization_loss_on_the_kept_tokens(tiny_config):
+    overrides = ["model.net.patch_drop_rate=0.5", "model.relative_localization_weight=0.1"]
+    metrics = train(tiny_config(*overrides, "model.relative_localization_pairs=8"))
+    assert metrics["train/relative_localization"] > 0 and 0.0 <= metrics["test/acc"] <= 1.0

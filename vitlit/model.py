@@ -6,7 +6,7 @@ The module tree reads like the paper and like the notebook vitlit replaces::
     ├─ patch_embedding      PatchEmbedding: Conv2d(3 -> D, kernel=stride=patch) + Flatten
     ├─ class_embedding      (1, 1, D) learned token prepended to the patch tokens
     ├─ position_embedding   (1, 1 + N, D) learned (or fixed 2D sin-cos), added to every token
-    ├─ embedding_dropout
+    ├─ embedding_dropout    (then, in training with patch_drop_rate, a random subset of the patch tokens)
     ├─ transformer_encoder  depth x TransformerEncoderBlock (pre-norm, residual around each half)
     │   ├─ msa_block        LayerNorm -> multi-head self-attention (fused qkv, SDPA; the last block: class token only)
     │   └─ mlp_block        LayerNorm -> Linear(D, M) -> GELU -> Linear(M, D)
@@ -264,6 +264,8 @@ class ViT(nn.Module):
             block and no token attending to itself (small datasets).
         mlp_depthwise_conv: a 3x3 depthwise convolution over the patch grid inside every MLP block (PVT v2,
             Wang et al. 2022; LocalViT, Li et al. 2021): a locality prior for small datasets.
+        patch_drop_rate: in training, drop this fraction of each image's patch tokens after the position
+            embedding (:func:`drop_patches`): fewer tokens, faster steps; evaluation sees every token. 0 disables it.
 
     ``forward`` maps images (B, C, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -290,6 +292,7 @@ class ViT(nn.Module):
         pooling: str = "token",
         locality_self_attention: bool = False,
         mlp_depthwise_conv: bool = False,
+        patch_drop_rate: float = 0.0,
     ):
         super().__init__()
         _check_arguments(
@@ -305,6 +308,7 @@ class ViT(nn.Module):
             attention_dropout=attention_dropout,
             mlp_dropout=mlp_dropout,
             drop_path_rate=drop_path_rate,
+            patch_drop_rate=patch_drop_rate,
         )
         self.image_size = image_size
         self.patch_size = patch_size
@@ -322,6 +326,11 @@ class ViT(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"ViT argument pooling={pooling!r} is not one of: {', '.join(POOLINGS)}")
         self.pooling = pooling
+        if patch_drop_rate and mlp_depthwise_conv:
+            raise ValueError(
+                "ViT patch_drop_rate > 0 leaves holes in the patch grid that mlp_depthwise_conv convolves; "
+                "turn one of them off (model.net.patch_drop_rate=0 or model.net.mlp_depthwise_conv=false)"
+            )
         self.patch_embedding = STEMS[stem](in_channels, patch_size, embed_dim)
         self.class_embedding = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if position_embedding == "learned":
@@ -329,6 +338,7 @@ class ViT(nn.Module):
         else:
             self.register_buffer("position_embedding", sincos_position_embedding(image_size // patch_size, embed_dim))
         self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.patch_drop_rate = patch_drop_rate
         drop_path_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         locality = locality_self_attention
         self.transformer_encoder = nn.Sequential(
@@ -395,8 +405,10 @@ class ViT(nn.Module):
         return {"class_embedding", "position_embedding"}
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> encoded tokens (B, 1 + N, D), class token first, before the final norm."""
-        return self.encode(self.embed(images), grid=self.patch_grid(images))
+        """Images (B, C, H, W) -> encoded tokens (B, 1 + N, D), class token first, before the final norm
+        (in training with ``patch_drop_rate``, the class token and the kept patches' tokens)."""
+        tokens, _ = self.drop_patches(self.embed(images))
+        return self.encode(tokens, grid=self.patch_grid(images))
 
     def patch_grid(self, images: torch.Tensor) -> tuple[int, int]:
         """The (rows, columns) of patches that ``images`` (B, C, H, W) are cut into."""
@@ -409,6 +421,13 @@ class ViT(nn.Module):
         tokens = torch.cat([class_token, tokens], dim=1)
         grid = self.patch_grid(images)
         return self.embedding_dropout(tokens + resample_position_embedding(self.position_embedding, grid))
+
+    def drop_patches(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """In training with ``patch_drop_rate``: :func:`drop_patches` (tokens, kept patch indices (B, K)).
+        Otherwise (tokens, None). Positions are already added, so the kept tokens still know where they sit."""
+        if not self.training or not self.patch_drop_rate:
+            return tokens, None
+        return drop_patches(tokens, self.patch_drop_rate)
 
     def encode(
         self, tokens: torch.Tensor, class_token_only: bool = False, grid: tuple[int, int] | None = None
@@ -434,7 +453,7 @@ class ViT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # With class-token pooling only the class token reaches the classifier: the last block computes nothing else.
-        tokens = self.embed(images)
+        tokens, _ = self.drop_patches(self.embed(images))
         return self.forward_head(self.encode(tokens, self.pooling == "token", self.patch_grid(images)))
 
 
@@ -484,6 +503,17 @@ def resample_position_embedding(
     return torch.cat([class_pos, patch_pos], dim=1)
 
 
+def drop_patches(tokens: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep a random ``1 - rate`` of each image's patch tokens and the class token (PatchDropout, Liu et al.
+    2023; timm's ``patch_drop_rate``): tokens (B, 1 + N, D) -> (B, 1 + K, D), K = max(1, int(N * (1 - rate))),
+    and the kept patches' indices (B, K) in 0..N-1, in grid order."""
+    patches = tokens.shape[1] - 1
+    keep = max(1, int(patches * (1 - rate)))
+    kept = torch.rand(tokens.shape[0], patches, device=tokens.device).argsort(dim=1)[:, :keep].sort(dim=1).values
+    kept_patches = tokens[:, 1:].gather(1, kept.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return torch.cat([tokens[:, :1], kept_patches], dim=1), kept
+
+
 def _check_arguments(**arguments: float) -> None:
     for name in (
         "num_classes",
@@ -498,7 +528,7 @@ def _check_arguments(**arguments: float) -> None:
         value = arguments[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"ViT argument {name} must be a positive integer, got {value!r}")
-    for name in ("embedding_dropout", "attention_dropout", "mlp_dropout", "drop_path_rate"):
+    for name in ("embedding_dropout", "attention_dropout", "mlp_dropout", "drop_path_rate", "patch_drop_rate"):
         if not 0.0 <= arguments[name] < 1.0:
             raise ValueError(f"ViT argument {name} must be a probability in [0, 1), got {arguments[name]!r}")
     if arguments["embed_dim"] % arguments["num_heads"]:

@@ -196,11 +196,12 @@ class ViTClassifier(L.LightningModule):
     def _loss_with_relative_localization(
         self, images: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.model.forward_features(self.normalize(images))
+        grid = self.model.patch_grid(images)
+        tokens, kept = self.model.drop_patches(self.model.embed(self.normalize(images)))
+        tokens = self.model.encode(tokens, grid=grid)
         logits = self.model.forward_head(tokens)
         classification = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        grid = self.model.patch_grid(images)
-        localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid)
+        localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
         self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
         return logits, classification + self.relative_localization_weight * localization
 

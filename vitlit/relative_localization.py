@@ -39,13 +39,19 @@ class DenseRelativeLocalization(nn.Module):
             nn.Linear(hidden_dim, 2),
         )
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, grid: tuple[int, int], positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``positions`` (B, K): where on the grid (row-major index) each of K tokens sits, when they are a
+        subset of the grid (patch dropout); None: the tokens fill the grid in order."""
         batch, count, _ = tokens.shape
         rows, columns = grid
-        if count != rows * columns:
+        if positions is None and count != rows * columns:
             raise ValueError(f"{count} tokens do not fill a {rows}x{columns} grid")
         first, second = torch.randint(count, (2, batch, self.pairs), device=tokens.device)
         pair_tokens = torch.cat([_gather(tokens, first), _gather(tokens, second)], dim=-1)
+        if positions is not None:
+            first, second = positions.gather(1, first), positions.gather(1, second)
         offsets = torch.stack(
             [first // columns - second // columns + rows - 1, first % columns - second % columns + columns - 1], dim=-1
         )
