@@ -101,7 +101,7 @@ def test_predict_returns_probabilities_that_sum_to_one_and_the_argmax_of_the_log
     assert records[1]["annotated"] == str(tmp_path / "p" / "annotated" / "test" / "cat" / "0.png")
 
 
-def test_eval_and_predict_average_the_logits_of_every_crop_and_mirror_the_checkpoint_names(tmp_path):
+def test_eval_and_predict_average_the_logits_of_every_crop_the_checkpoint_names_and_of_their_mirrors(tmp_path):
     root = make_image_folder(
         tmp_path / "images", {"train": dict.fromkeys(CLASSES, 4), "test": dict.fromkeys(CLASSES, 3)}
     )

@@ -284,8 +284,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         fractions = crop_fractions(eval_crop_fraction)
         self.eval_transform = eval_transform(image_size, fractions, interpolation, mean, std, normalize=False)
-        self.train_transform = (
-            train_transform(
+        if train_augment:
+            self.train_transform = train_transform(
                 image_size,
                 train_crop_scale,
                 horizontal_flip,
@@ -296,11 +296,10 @@ class ImageFolderDataModule(L.LightningDataModule):
                 normalize=False,
                 random_erasing=random_erasing,
             )
-            if train_augment
-            else self.eval_transform
-            if len(fractions) == 1
-            else eval_transform(image_size, fractions[0], interpolation, mean, std, normalize=False)
-        )
+        elif len(fractions) == 1:
+            self.train_transform = self.eval_transform
+        else:  # one view: training batches stay (B, 3, S, S)
+            self.train_transform = eval_transform(image_size, fractions[0], interpolation, mean, std, normalize=False)
         self.draft_size = round(image_size / min(fractions)) if fast_decode else None
         self.cache = cache
         self.drop_last = drop_last
