@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitlit.batch_mixing import batch_mixing
 from vitlit.model import ViT
 from vitlit.relative_localization import DenseRelativeLocalization
+from vitlit.sharpness_aware import SharpnessAwareMinimization
 from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitlit.weights import load_pretrained
 
@@ -53,6 +54,9 @@ class ViTClassifier(L.LightningModule):
         relative_localization_weight: weight of the dense relative localisation loss (Liu et al. 2021; see
             :mod:`vitlit.relative_localization`) added to the training loss; 0 disables it.
         relative_localization_pairs: token pairs per image that loss draws.
+        sam_rho: > 0 wraps the optimiser in sharpness-aware minimisation (Foret et al. 2021; see
+            :mod:`vitlit.sharpness_aware`) with this neighbourhood radius: two forward and backward passes per
+            step, both logged in ``train/loss`` and ``train/acc``; 0 disables it.
 
     Batches are (images (B, 3, H, W), labels (B,)), evaluation batches also (B, V, 3, H, W) (V views of each
     image, see ``evaluation_logits``); images either uint8 in [0, 255], normalised on the
@@ -82,6 +86,7 @@ class ViTClassifier(L.LightningModule):
         test_time_flip: bool = False,
         relative_localization_weight: float = 0.0,
         relative_localization_pairs: int = 64,
+        sam_rho: float = 0.0,
     ):
         super().__init__()
         # The factories are code, not hyperparameters: the run's config records them.
@@ -108,6 +113,9 @@ class ViTClassifier(L.LightningModule):
                 f"model.relative_localization_weight must be >= 0 (0 disables it), got {relative_localization_weight}"
             )
         self.relative_localization_weight = relative_localization_weight
+        if sam_rho < 0:
+            raise ValueError(f"model.sam_rho must be >= 0 (0 disables SAM), got {sam_rho}")
+        self.sam_rho = sam_rho
         self.relative_localization = (
             DenseRelativeLocalization(self.model.class_embedding.shape[-1], relative_localization_pairs)
             if relative_localization_weight > 0
@@ -287,6 +295,12 @@ class ViTClassifier(L.LightningModule):
         optimizer = factory(self.parameter_groups())
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_scale", 1.0)
+        if self.sam_rho > 0:
+            if self.trainer.accumulate_grad_batches > 1:
+                # Lightning zeroes the gradients only in the closure of an accumulation's first batch, so
+                # SAM's second pass would add to the accumulated gradients.
+                raise ValueError("model.sam_rho > 0 needs trainer.accumulate_grad_batches=1")
+            optimizer = SharpnessAwareMinimization(optimizer, rho=self.sam_rho)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
