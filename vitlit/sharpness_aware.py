@@ -21,6 +21,7 @@ class SharpnessAwareMinimization(Optimizer):
     recomputes the loss and backpropagates (Lightning's automatic optimisation passes one). The wrapper
     shares ``param_groups`` and ``state`` with ``base``, so LR schedulers and checkpoints see the base
     optimiser's settings and state; its ``state_dict`` is the base optimiser's.
+    Under FSDP each process normalises only its own shard of the gradient, so the whole step exceeds ``rho``.
     """
 
     def __init__(self, base: Optimizer, rho: float = 0.05):
