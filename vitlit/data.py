@@ -126,7 +126,8 @@ def load_all_rgb(paths: Sequence[str], draft_size: int | None = None) -> dict[st
 class ImageFolderDataset(Dataset):
     """Decodes ``samples[i]`` to a uint8 RGB tensor (EXIF rotation applied) and applies ``transform``.
 
-    Returns (image, label): image as produced by ``transform`` (3, S, S), label an int.
+    Returns (image, label): image as produced by ``transform`` (3, S, S), label an int; with
+    ``return_index`` (image, label, index): ``index`` is the sample's position in ``samples``, an id of the image.
     ``draft_size`` is passed to :func:`load_rgb`; ``decoded`` ({path: image}, e.g. from
     :func:`load_all_rgb`) serves images decoded earlier instead of reading the files again.
     """
@@ -137,19 +138,21 @@ class ImageFolderDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         draft_size: int | None = None,
         decoded: dict[str, torch.Tensor] | None = None,
+        return_index: bool = False,
     ):
         self.samples = samples
         self.transform = transform
         self.draft_size = draft_size
         self.decoded = decoded
+        self.return_index = return_index
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         path, label = self.samples[index]
         image = self.decoded[path] if self.decoded is not None else load_rgb(path, self.draft_size)
-        return self.transform(image), label
+        return (self.transform(image), label, index) if self.return_index else (self.transform(image), label)
 
 
 def stratified_split(
@@ -236,6 +239,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     ``train_augment=False`` trains on the eval pipeline (its first view), as a frozen feature extractor usually does.
     ``val_fraction`` > 0 validates on that fraction of ``train/`` instead (stratified by class, drawn with
     ``split_seed``) and trains on the rest, so choices made on validation never see ``val/`` or ``test/``.
+    ``train_index=True`` makes training batches (images, labels, indices), each image's index in the training
+    set (0 to ``train_size - 1``), for ``model.instance_discrimination_weight``.
     """
 
     def __init__(
@@ -261,6 +266,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         drop_last: bool = True,
         val_fraction: float = 0.0,
         split_seed: int = 0,
+        train_index: bool = False,
     ):
         super().__init__()
         # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
@@ -281,6 +287,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.train_index = train_index
         self.mean, self.std = tuple(mean), tuple(std)
         fractions = crop_fractions(eval_crop_fraction)
         self.eval_transform = eval_transform(image_size, fractions, interpolation, mean, std, normalize=False)
@@ -353,11 +360,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         for stage_name, folder in folders.items():
             transform = self.train_transform if stage_name == "train" else self.eval_transform
             self.datasets[stage_name] = ImageFolderDataset(
-                self.splits[folder].samples, transform, self.draft_size, decoded
+                self.splits[folder].samples,
+                transform,
+                self.draft_size,
+                decoded,
+                return_index=self.train_index and stage_name == "train",
             )
         if self.val_fraction:
             rest, held_out = stratified_split(self.splits["train"].samples, self.val_fraction, self.split_seed)
-            self.datasets["train"] = ImageFolderDataset(rest, self.train_transform, self.draft_size, decoded)
+            self.datasets["train"] = ImageFolderDataset(
+                rest, self.train_transform, self.draft_size, decoded, return_index=self.train_index
+            )
             self.datasets["val"] = ImageFolderDataset(held_out, self.eval_transform, self.draft_size, decoded)
             log.info(
                 "val   uses %d images carved from %s (data.val_fraction=%s, data.split_seed=%d); train keeps %d",

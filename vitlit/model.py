@@ -448,8 +448,12 @@ class ViT(nn.Module):
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off the class token (or the mean of
         the patch tokens with ``pooling="mean"``)."""
-        pooled = tokens[:, 1:].mean(dim=1) if self.pooling == "mean" else tokens[:, 0]
-        return self.classifier(pooled)
+        return self.classifier(self.pool(tokens))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoded tokens (B, 1 + N, D) -> what the classifier reads (B, D): the class token, or the mean
+        patch token with ``pooling="mean"``."""
+        return tokens[:, 1:].mean(dim=1) if self.pooling == "mean" else tokens[:, 0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # With class-token pooling only the class token reaches the classifier: the last block computes nothing else.

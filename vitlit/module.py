@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric
@@ -54,16 +55,23 @@ class ViTClassifier(L.LightningModule):
         relative_localization_weight: weight of the dense relative localisation loss (Liu et al. 2021; see
             :mod:`vitlit.relative_localization`) added to the training loss; 0 disables it.
         relative_localization_pairs: token pairs per image that loss draws.
+        instance_discrimination_weight: weight of an auxiliary loss that classifies which training image
+            each training crop comes from (parametric instance discrimination; Cao et al. 2022 pre-train ViTs on
+            a small dataset with it), from the pooled, normalised features through its own linear head; 0
+            disables it. Training batches must then carry image indices (``data.train_index=true``).
+        instance_count: outputs of that head, the number of training images (``train.py`` passes it).
         sam_rho: > 0 wraps the optimiser in sharpness-aware minimisation (Foret et al. 2021; see
             :mod:`vitlit.sharpness_aware`) with this neighbourhood radius: two forward and backward passes per
             step, both logged in ``train/loss`` and ``train/acc``; 0 disables it.
 
-    Batches are (images (B, 3, H, W), labels (B,)), evaluation batches also (B, V, 3, H, W) (V views of each
+    Batches are (images (B, 3, H, W), labels (B,)), training batches with (B,) image indices third for
+    instance discrimination, evaluation batches also (B, V, 3, H, W) (V views of each
     image, see ``evaluation_logits``); images either uint8 in [0, 255], normalised on the
     device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float
     tensors that are already normalised and pass through unchanged. ``forward`` accepts both too.
     Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``; with the
-    localisation loss on, ``train/relative_localization`` too (``train/loss`` includes it, weighted).
+    localisation loss on, ``train/relative_localization`` too, and ``train/instance_discrimination`` with
+    instance discrimination on (``train/loss`` includes both, weighted).
     """
 
     def __init__(
@@ -86,6 +94,8 @@ class ViTClassifier(L.LightningModule):
         test_time_flip: bool = False,
         relative_localization_weight: float = 0.0,
         relative_localization_pairs: int = 64,
+        instance_discrimination_weight: float = 0.0,
+        instance_count: int | None = None,
         sam_rho: float = 0.0,
     ):
         super().__init__()
@@ -121,6 +131,8 @@ class ViTClassifier(L.LightningModule):
             if relative_localization_weight > 0
             else None
         )
+        self.instance_discrimination_weight = instance_discrimination_weight
+        self.instance_head = self._instance_head(instance_discrimination_weight, instance_count)
         if freeze_backbone:
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
@@ -130,6 +142,26 @@ class ViTClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.example_input_array = torch.zeros(1, 3, self.model.image_size, self.model.image_size)
+
+    def _instance_head(self, weight: float, count: int | None) -> nn.Linear | None:
+        if weight < 0:
+            raise ValueError(f"model.instance_discrimination_weight must be >= 0 (0 disables it), got {weight}")
+        if weight == 0:
+            return None
+        if not count or count < 2:
+            raise ValueError(
+                f"model.instance_discrimination_weight > 0 needs instance_count >= 2 (the number of training images; "
+                f"train.py passes it), got {count}"
+            )
+        if self.batch_mixing is not None:
+            raise ValueError(
+                "model.instance_discrimination_weight > 0 cannot be combined with model.mixup_alpha or "
+                "model.cutmix_alpha: a mixed image comes from two training images"
+            )
+        head = nn.Linear(self.model.class_embedding.shape[-1], count)
+        nn.init.zeros_(head.weight)  # uniform predictions at the start, as the classifier head
+        nn.init.zeros_(head.bias)
+        return head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), uint8 or already normalised float -> logits (B, num_classes)."""
@@ -179,16 +211,16 @@ class ViTClassifier(L.LightningModule):
     def _shared_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         if stage == "train":
             targets = labels
             if self.batch_mixing is not None:
                 images, targets = self.batch_mixing(images, labels)  # targets: (B, classes) probabilities
-            if self.relative_localization is None:
+            if self.relative_localization is None and self.instance_head is None:
                 logits = self(images)
                 loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
             else:
-                logits, loss = self._loss_with_relative_localization(images, targets)
+                logits, loss = self._loss_with_auxiliary_heads(images, targets, batch[2] if len(batch) > 2 else None)
         else:
             logits = self.evaluation_logits(images)
             loss = F.cross_entropy(logits, labels)
@@ -201,17 +233,30 @@ class ViTClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
 
-    def _loss_with_relative_localization(
-        self, images: torch.Tensor, targets: torch.Tensor
+    def _loss_with_auxiliary_heads(
+        self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass of the encoder feeds the classifier and the auxiliary heads that are on."""
         grid = self.model.patch_grid(images)
         tokens, kept = self.model.drop_patches(self.model.embed(self.normalize(images)))
         tokens = self.model.encode(tokens, grid=grid)
         logits = self.model.forward_head(tokens)
-        classification = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
-        self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
-        return logits, classification + self.relative_localization_weight * localization
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        if self.relative_localization is not None:
+            localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
+            self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
+            loss = loss + self.relative_localization_weight * localization
+        if self.instance_head is not None:
+            if indices is None:
+                raise ValueError(
+                    "model.instance_discrimination_weight > 0 needs training batches of (images, labels, indices): "
+                    "set data.train_index=true"
+                )
+            features = self.model.classifier.norm(self.model.pool(tokens))
+            instance = F.cross_entropy(self.instance_head(features), indices)
+            self.log("train/instance_discrimination", instance, on_step=False, on_epoch=True, batch_size=len(images))
+            loss = loss + self.instance_discrimination_weight * instance
+        return logits, loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train", self.train_acc)[0]
@@ -257,12 +302,11 @@ class ViTClassifier(L.LightningModule):
         depth = len(self.model.transformer_encoder)
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         named_parameters = list(self.model.named_parameters())
-        if self.relative_localization is not None:
-            # The auxiliary head is grouped as part of the classifier (the last layer under layer decay).
-            named_parameters += [
-                (f"classifier.relative_localization.{name}", parameter)
-                for name, parameter in self.relative_localization.named_parameters()
-            ]
+        # The auxiliary heads are grouped as part of the classifier (the last layer under layer decay).
+        for prefix in ("relative_localization", "instance_head"):
+            auxiliary = getattr(self, prefix)
+            if auxiliary is not None:
+                named_parameters += [(f"classifier.{prefix}.{name}", p) for name, p in auxiliary.named_parameters()]
         for name, parameter in named_parameters:
             if not parameter.requires_grad:
                 continue

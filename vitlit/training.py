@@ -76,7 +76,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # the model's head size depends on the classes found here
-    module = instantiate(cfg.model, class_names=list(datamodule.class_names), _convert_="all")
+    extra: dict[str, Any] = {}
+    if cfg.model.get("instance_discrimination_weight"):
+        datamodule.setup("fit")  # the instance head has one output per training image
+        extra["instance_count"] = len(datamodule.train_dataloader().dataset)
+    module = instantiate(cfg.model, class_names=list(datamodule.class_names), **extra, _convert_="all")
     ckpt_path = resolve_checkpoint_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir))
     if ckpt_path and cfg.get("reinit_head"):
         load_backbone(module, ckpt_path)
