@@ -174,7 +174,7 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert (cfg.model.net.image_size, cfg.model.net.patch_size) == (224, 16) and cfg.data.image_size == 224
     assert (cfg.model.net.position_embedding, cfg.model.net.pooling) == ("sincos", "mean") and cfg.model.test_time_flip
     assert cfg.data.random_erasing == 0.25 and tuple(cfg.data.train_crop_scale) == (0.35, 1.0)
-    assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875]
+    assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875] and cfg.data.cache
     preset = compose_config(["experiment=scratch"])
     assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (6, 192, 300)
     assert preset.model.relative_localization_weight == 0.1 and preset.model.relative_localization_pairs == 64
