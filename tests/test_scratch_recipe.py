@@ -176,7 +176,7 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert cfg.data.random_erasing == 0.25 and tuple(cfg.data.train_crop_scale) == (0.35, 1.0)
     assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875] and cfg.data.cache
     preset = compose_config(["experiment=scratch"])
-    assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (6, 192, 300)
+    assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 450)
     assert preset.model.relative_localization_weight == 0.1 and preset.model.relative_localization_pairs == 64
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.weight_averaging.ExponentialMovingAverage"
