@@ -2,14 +2,16 @@
 
 import logging
 import os
+import sys
 
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from vitlit.faults import NonFiniteLossError
-from vitlit.sweep import FailedJob, is_multirun
-from vitlit.training import train
+from vitlit.training.compat import removed_key_message
+from vitlit.training.faults import NonFiniteLossError
+from vitlit.training.pipeline import train
+from vitlit.training.sweep import FailedJob, is_multirun
 
 log = logging.getLogger("vitlit.train")
 
@@ -34,4 +36,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if message := removed_key_message(sys.argv[1:]):
+        sys.exit(message)
     main()

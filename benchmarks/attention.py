@@ -1,6 +1,6 @@
 """Attention kernels on this machine: SDPA (fused; flash on CPU) vs its math backend vs matmul + softmax.
 
-Decides :func:`vitlit.model.attention`'s choice: the explicit form wins for bfloat16 on CPUs. ViT-B/16 shapes.
+Decides :func:`vitlit.models.vit.attention`'s choice: the explicit form wins for bfloat16 on CPUs. ViT-B/16 shapes.
 
     python -m benchmarks.attention
 """

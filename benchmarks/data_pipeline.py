@@ -23,8 +23,8 @@ from torchvision import datasets
 from torchvision import transforms as reference_transforms
 
 from benchmarks.timing import describe_machine, markdown_table, time_interleaved
-from vitlit.data import ImageFolderDataModule
-from vitlit.transforms import train_transform
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.data.transforms import train_transform
 
 BATCH_SIZE = 32
 

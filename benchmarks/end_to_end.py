@@ -30,8 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from benchmarks.timing import describe_machine, markdown_table
-from vitlit.model import ViT
-from vitlit.training import resolve_precision, train
+from vitlit.models.vit import ViT
+from vitlit.training import train
+from vitlit.training.trainer import resolve_precision
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EPOCH_ONLY = ["trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "test=false"]
@@ -62,7 +63,6 @@ def plain_pytorch_epoch(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     data.prepare_data()
     data.setup("fit")
     model = ViT(num_classes=len(data.class_names), **cfg.model.net).to(device)
-    model.grad_checkpointing = cfg.model.grad_checkpointing
     if cfg.model.compile:
         model.compile(dynamic=False)
     skip = model.no_weight_decay()

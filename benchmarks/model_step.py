@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.timing import describe_machine, markdown_table, time_interleaved
-from vitlit.model import ViT
+from vitlit.models.vit import ViT
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 224
@@ -54,8 +54,7 @@ def build_models(quick: bool) -> dict[str, nn.Module]:
         depth=depth,
         num_heads=heads,
         mlp_dim=mlp,
-        embedding_dropout=0.0,
-        mlp_dropout=0.0,
+        dropout=0.0,
     )
     tv = torchvision.models.VisionTransformer(
         image_size=IMAGE_SIZE,

@@ -22,12 +22,13 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from PIL import Image, features
 
-from vitlit import data_checks
-from vitlit.checkpoints import check_checkpoint_fits, load_backbone
-from vitlit.config_checks import check_config_types
-from vitlit.data import ImageFolderDataModule, load_rgb, scan_split
-from vitlit.data_checks import find_bad_images
-from vitlit.module import ViTClassifier
+from vitlit.data import checks as data_checks
+from vitlit.data.checks import find_bad_images
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.data.image_folder import load_rgb, scan_split
+from vitlit.training.checkpoints import check_checkpoint_fits, load_backbone
+from vitlit.training.config_checks import check_config_types
+from vitlit.training.module import ViTClassifier
 
 MICRO_NET = {"embed_dim": 64, "depth": 1, "num_heads": 4, "mlp_dim": 128, "image_size": 32, "patch_size": 16}
 

@@ -5,8 +5,8 @@ import torch
 from conftest import CONF_DIR, compose_config
 from hydra.utils import instantiate
 
-from vitlit.model import ViT
-from vitlit.training import resolve_precision
+from vitlit.models.vit import ViT
+from vitlit.training.trainer import resolve_precision
 
 
 def options(group: str) -> list[str]:
@@ -53,7 +53,7 @@ def test_sweepable_keys_exist_without_a_plus(tmp_path: Path):
         "model.label_smoothing=0.2",
         "model.freeze_backbone=true",
         "model.scheduler.warmup=5",
-        "model.net.mlp_dropout=0.0",
+        "model.net.dropout=0.0",
         "data.batch_size=16",
         "data.num_workers=0",
         "data.auto_augment=trivialaugment",

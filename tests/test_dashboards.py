@@ -14,12 +14,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from vitlit.attention import _attention_weights, attention_maps, class_token_map
-from vitlit.dashboards import TensorBoardDashboards
-from vitlit.figures import display_images
-from vitlit.model import ViT
-from vitlit.stage_results import sample_positions
-from vitlit.transforms import eval_transform
+from vitlit.data.transforms import eval_transform
+from vitlit.models.attention_maps import _attention_weights, attention_maps, class_token_map
+from vitlit.models.vit import ViT
+from vitlit.reporting.dashboards import TensorBoardDashboards
+from vitlit.reporting.figures import display_images
+from vitlit.reporting.stage_results import sample_positions
 
 CLASSES = ("cat", "dog", "owl")
 NUM_IMAGES = 6  # per picture: a 3 x 2 grid

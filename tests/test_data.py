@@ -7,8 +7,9 @@ import torch
 import torchvision
 from conftest import make_image_folder, write_image
 
-from vitlit.data import ImageFolderDataModule, download_and_extract, scan_split
-from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.data.image_folder import download_and_extract, scan_split
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 
 def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:

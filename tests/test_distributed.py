@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_RUN, compose_config, make_image_folder
 from hydra.utils import instantiate
 
-from vitlit.data import ImageFolderDataModule
-from vitlit.module import ViTClassifier
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.training.module import ViTClassifier
 
 
 def evaluate(checkpoint: Path, root: Path, stage: str) -> tuple[float, float]:

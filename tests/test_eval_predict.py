@@ -13,13 +13,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from vitlit.checkpoints import checkpoint_eval_transform, classifier_from_checkpoint, read_checkpoint
-from vitlit.data import load_rgb
+from vitlit.data.image_folder import load_rgb
+from vitlit.data.transforms import eval_transform
 from vitlit.eval import evaluate
-from vitlit.module import ViTClassifier
 from vitlit.predict import image_files, predict
 from vitlit.training import train
-from vitlit.transforms import eval_transform
+from vitlit.training.checkpoints import checkpoint_eval_transform, classifier_from_checkpoint, read_checkpoint
+from vitlit.training.module import ViTClassifier
 
 CLASSES = ("cat", "dog", "owl")
 

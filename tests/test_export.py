@@ -12,7 +12,7 @@ from test_weights import TINY, images, max_diff, perturbed, tiny_timm, tiny_torc
 
 from vitlit import load_pretrained
 from vitlit.export import export_state_dict, export_weights, main
-from vitlit.module import ViTClassifier
+from vitlit.training.module import ViTClassifier
 
 
 @pytest.mark.parametrize("layout, build", [("torchvision", tiny_torchvision), ("timm", tiny_timm)])

@@ -16,9 +16,8 @@ import torch
 from conftest import REPO_ROOT, TINY_RUN, compose_config
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from vitlit import faults
-from vitlit.faults import AtomicCheckpointIO, NonFiniteLossError, StopOnNonFiniteLoss
-from vitlit.training import train
+from vitlit.training import faults, train
+from vitlit.training.faults import AtomicCheckpointIO, NonFiniteLossError, StopOnNonFiniteLoss
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +50,8 @@ def test_a_crash_while_saving_a_checkpoint_leaves_the_previous_file_intact(tmp_p
 def test_the_default_callbacks_and_plugins_guard_against_faults(tiny_config):
     cfg = tiny_config()
     targets = {entry._target_ for entry in cfg.callbacks.values() if entry is not None}
-    assert {"vitlit.faults.StopOnNonFiniteLoss", "vitlit.faults.SaveOnInterrupt"} <= targets
-    assert [plugin._target_ for plugin in cfg.trainer.plugins] == ["vitlit.faults.AtomicCheckpointIO"]
+    assert {"vitlit.training.faults.StopOnNonFiniteLoss", "vitlit.training.faults.SaveOnInterrupt"} <= targets
+    assert [plugin._target_ for plugin in cfg.trainer.plugins] == ["vitlit.training.faults.AtomicCheckpointIO"]
 
 
 def test_a_nan_loss_stops_the_run_naming_step_and_learning_rate_and_keeps_the_last_good_checkpoint(

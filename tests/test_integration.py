@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_config
 
-from vitlit.data import ImageFolderDataModule
+from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.training import train
 
 pytestmark = pytest.mark.integration

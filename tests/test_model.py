@@ -4,7 +4,8 @@ import torchvision
 from torch import nn
 
 from vitlit import ViT
-from vitlit.model import MLPBlock, MultiheadSelfAttentionBlock, attention, resample_position_embedding
+from vitlit.models.layers import resample_position_embedding
+from vitlit.models.vit import MultiheadSelfAttentionBlock, attention
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128)
 
@@ -84,18 +85,9 @@ def test_attention_equals_torch_multihead_attention_with_the_same_weights():
     assert (block(tokens) - expected).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("locality", [False, True])
-def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_of_the_full_encoder(locality):
+def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_of_the_full_encoder():
     torch.manual_seed(0)
-    model = ViT(
-        num_classes=3,
-        **MICRO,
-        embedding_dropout=0.0,
-        mlp_dropout=0.0,
-        drop_path_rate=0.1,
-        locality_self_attention=locality,
-        mlp_depthwise_conv=locality,
-    )
+    model = ViT(num_classes=3, **MICRO, dropout=0.0, drop_path_rate=0.1)
     for parameter in model.parameters():
         nn.init.normal_(parameter, std=0.05)
     images = torch.randn(3, 3, 224, 224)
@@ -106,15 +98,18 @@ def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_o
         logits = run(images)
         logits.square().sum().backward()
         outputs.append(logits.detach())
-        # The last block's depthwise convolution acts on patch tokens only: no gradient (or a zero one) reaches it.
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
         gradients.append(torch.cat([grad.flatten() for grad in grads]))
         model.zero_grad()
     assert (outputs[0] - outputs[1]).abs().max().item() <= 1e-5
     assert (gradients[0] - gradients[1]).abs().max().item() <= 1e-5
-    model.grad_checkpointing = True
+    model.set_grad_checkpointing()
     torch.manual_seed(1)
     assert (model(images) - outputs[0]).abs().max().item() <= 1e-5
+    torch.manual_seed(1)
+    logits, tokens, kept = model(images, return_tokens=True)  # the auxiliary losses' path: every token, same logits
+    assert tokens.shape == (3, 197, 64) and kept is None
+    assert (logits - outputs[0]).abs().max().item() <= 1e-5
 
 
 def test_bfloat16_attention_on_the_cpu_takes_the_explicit_path_and_agrees_with_float32_sdpa():
@@ -163,57 +158,8 @@ def test_mean_pooling_classifies_the_mean_of_the_patch_tokens():
     assert (model(images) - model.classifier(tokens[:, 0])).abs().max().item() > 1e-3
 
 
-def test_locality_self_attention_masks_each_token_from_itself_and_learns_its_temperature():
-    from vitlit.attention import attention_maps
-
-    torch.manual_seed(0)
-    model = ViT(num_classes=3, **MICRO, locality_self_attention=True)
-    block = model.transformer_encoder[0].msa_block
-    assert block.scale().item() == pytest.approx(16**-0.5)  # head_dim 16: starts at the usual scale
-    nn.init.normal_(model.classifier.head.weight)
-    images = torch.randn(2, 3, 224, 224)
-    _, weights, _ = attention_maps(model.eval(), images)
-    assert all(layer.diagonal(dim1=-2, dim2=-1).abs().max().item() == 0.0 for layer in weights)
-    assert all(layer.sum(dim=-1).sub(1).abs().max().item() <= 1e-5 for layer in weights)
-    model.train()(images).square().sum().backward()
-    assert block.log_scale.grad is not None and block.log_scale.grad.abs().item() > 0
-    q, k, v = (torch.randn(2, 4, 197, 16) for _ in range(3))
-    mask = block.attention_mask(197, 197, q.device)
-    explicit = ((q * 0.3) @ k.transpose(-2, -1)).masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
-    assert (attention(q, k, v, scale=torch.tensor(0.3), mask=mask) - explicit).abs().max().item() <= 1e-5
-    low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=torch.tensor(0.3), mask=mask)
-    assert (low.float() - explicit).abs().max().item() <= 0.05
-
-
-def test_the_mlp_depthwise_convolution_mixes_each_patch_token_with_its_3x3_neighbours_only():
-    torch.manual_seed(0)
-    block = MLPBlock(embed_dim=8, mlp_dim=16, depthwise_conv=True)
-    assert block.depthwise_conv.groups == 16 and block.depthwise_conv.kernel_size == (3, 3)
-    tokens = torch.randn(2, 1 + 3 * 4, 8)  # a class token, then a 3x4 grid in row-major order
-    moved = tokens.clone()
-    moved[:, 1 + 1 * 4 + 3] += torch.randn(8)  # the patch at row 1, column 3
-    changed = (block(moved, grid=(3, 4)) - block(tokens, grid=(3, 4))).abs().amax(dim=(0, 2)) > 1e-6
-    neighbours = {1 + row * 4 + column for row in (0, 1, 2) for column in (2, 3)}
-    assert {index for index in range(13) if changed[index]} == neighbours  # not the class token (0)
-    plain = MLPBlock(embed_dim=8, mlp_dim=16)
-    changed = (plain(moved) - plain(tokens)).abs().amax(dim=(0, 2)) > 1e-6
-    assert {index for index in range(13) if changed[index]} == {1 + 1 * 4 + 3}
-    with pytest.raises(ValueError, match="12 patch tokens do not fill a 3x3 grid"):
-        block(tokens)
-
-
-def test_mlp_depthwise_convolution_adds_a_3x3_filter_and_bias_per_hidden_channel_and_runs_on_any_grid():
-    small = dict(embed_dim=192, depth=6, num_heads=3, mlp_dim=768, position_embedding="sincos")
-    plain, local = ViT(num_classes=3, **small), ViT(num_classes=3, **small, mlp_depthwise_conv=True)
-    assert count(local) - count(plain) == 6 * 768 * (9 + 1)
-    assert count(local) == 2_864_067
-    model = ViT(num_classes=3, **MICRO, mlp_depthwise_conv=True, pooling="mean")
-    nn.init.normal_(model.classifier.head.weight)
-    assert model(torch.randn(2, 3, 224, 160)).shape == (2, 3)  # a 14x10 grid
-
-
 def test_eval_mode_is_deterministic_and_train_mode_applies_dropout():
-    model = ViT(num_classes=3, **MICRO, embedding_dropout=0.5)
+    model = ViT(num_classes=3, **MICRO, dropout=0.5)
     nn.init.normal_(model.classifier.head.weight)
     images = torch.randn(2, 3, 224, 224)
     model.eval()
@@ -242,8 +188,6 @@ def test_patch_dropout_keeps_the_class_token_and_a_random_half_of_the_patches_in
     plain = ViT(num_classes=3, image_size=32, patch_size=8, **MICRO).eval()
     plain.load_state_dict(model.state_dict())  # no tensors of its own
     assert torch.equal(plain(images), model(images))
-    with pytest.raises(ValueError, match="patch_drop_rate > 0 leaves holes in the patch grid"):
-        ViT(num_classes=3, patch_drop_rate=0.5, mlp_depthwise_conv=True, **MICRO)
     with pytest.raises(ValueError, match=r"patch_drop_rate must be a probability in \[0, 1\)"):
         ViT(num_classes=3, patch_drop_rate=1.0, **MICRO)
 
@@ -283,7 +227,7 @@ def test_an_input_not_divisible_by_the_patch_size_is_a_clear_error():
         (dict(image_size=225), "image_size=225 is not divisible by patch_size=16"),
         (dict(num_classes=0), "num_classes must be a positive integer"),
         (dict(depth=2.5), "depth must be a positive integer"),
-        (dict(mlp_dropout=1.0), "mlp_dropout must be a probability"),
+        (dict(dropout=1.0), "dropout must be a probability"),
         (dict(drop_path_rate=-0.1), "drop_path_rate must be a probability"),
         (dict(position_embedding="rope"), "position_embedding='rope' is not one of: learned, sincos"),
         (dict(embed_dim=66, num_heads=3, position_embedding="sincos"), "sincos needs embed_dim divisible by 4"),

@@ -2,7 +2,7 @@ import functools
 
 import torch
 
-from vitlit.module import ViTClassifier
+from vitlit.training.module import ViTClassifier
 
 MICRO = dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128)
 

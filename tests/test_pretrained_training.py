@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from test_weights import TINY, perturbed, tiny_vit
 
 from vitlit.export import export_weights
-from vitlit.model import ViT
-from vitlit.module import ViTClassifier
+from vitlit.models.vit import ViT
 from vitlit.training import train
+from vitlit.training.module import ViTClassifier
 
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -121,6 +121,6 @@ def test_feature_extractor_preset_is_the_reference_recipe(tmp_path: Path):
 def test_finetune_preset_uses_adamw_warmup_cosine_layer_decay_drop_path_and_clipping(tmp_path: Path):
     cfg = compose_config(["experiment=finetune", f"data.root={tmp_path}"], output_dir=tmp_path)
     assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
-    assert cfg.model.scheduler._target_ == "vitlit.schedule.warmup_cosine"
+    assert cfg.model.scheduler._target_ == "vitlit.training.schedule.warmup_cosine"
     assert cfg.model.layer_decay == 0.65 and cfg.model.net.drop_path_rate == 0.1
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.model.freeze_backbone is False

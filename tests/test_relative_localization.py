@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitlit.checkpoints import load_backbone
-from vitlit.model import ViT
-from vitlit.module import ViTClassifier
-from vitlit.relative_localization import DenseRelativeLocalization
+from vitlit.models.relative_localization import DenseRelativeLocalization
+from vitlit.models.vit import ViT
+from vitlit.models.weights import load_pretrained
 from vitlit.training import train
-from vitlit.weights import load_pretrained
+from vitlit.training.checkpoints import load_backbone
+from vitlit.training.module import ViTClassifier
 
 SMALL_NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
 
@@ -38,7 +38,7 @@ def test_targets_are_the_row_and_column_offsets_of_each_token_pair():
     assert head(tokens, (columns, rows)).item() > 0.1  # the same tokens read as a 4x3 grid: other offsets
     with pytest.raises(ValueError, match="12 tokens do not fill a 3x3 grid"):
         head(tokens, (3, 3))
-    with pytest.raises(ValueError, match=r"model\.relative_localization_pairs must be >= 1"):
+    with pytest.raises(ValueError, match="pairs must be >= 1"):
         DenseRelativeLocalization(embed_dim=8, pairs=0)
 
 
@@ -108,11 +108,11 @@ def test_checkpoints_with_the_auxiliary_head_load_as_weights_and_as_a_backbone(t
 
 
 def test_a_run_logs_the_localization_loss(tiny_config):
-    metrics = train(tiny_config("model.relative_localization_weight=0.1", "model.relative_localization_pairs=8"))
+    metrics = train(tiny_config("model.relative_localization_weight=0.1"))
     assert metrics["train/relative_localization"] > 0
 
 
 def test_a_run_with_patch_dropout_trains_the_localization_loss_on_the_kept_tokens(tiny_config):
     overrides = ["model.net.patch_drop_rate=0.5", "model.relative_localization_weight=0.1"]
-    metrics = train(tiny_config(*overrides, "model.relative_localization_pairs=8"))
+    metrics = train(tiny_config(*overrides))
     assert metrics["train/relative_localization"] > 0 and 0.0 <= metrics["test/acc"] <= 1.0

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vitlit.module import ViTClassifier
-from vitlit.run_folder import RunFolder
 from vitlit.training import train
+from vitlit.training.module import ViTClassifier
+from vitlit.training.run_folder import RunFolder
 
 pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming
 

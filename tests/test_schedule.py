@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from vitlit.schedule import warmup_cosine
+from vitlit.training.schedule import warmup_cosine
 
 
 def learning_rates(steps: int, **kwargs) -> list[float]:

@@ -1,4 +1,4 @@
-"""The from-scratch recipe's pieces (experiment=scratch): stems, erasing, mixing, EMA, validation split, flip TTA."""
+"""The from-scratch recipe's pieces (experiment=scratch): erasing, mixing, EMA, validation split, flip TTA."""
 
 from __future__ import annotations
 
@@ -12,53 +12,23 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchvision.transforms import v2
 
-from vitlit.batch_mixing import batch_mixing
-from vitlit.data import ImageFolderDataModule, stratified_split
-from vitlit.model import ViT
-from vitlit.module import ViTClassifier
-from vitlit.tokenizers import ConvStem, ShiftedPatchTokenization
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.data.image_folder import stratified_split
+from vitlit.data.transforms import IMAGENET_MEAN, eval_transform, train_transform
+from vitlit.models.vit import ViT
 from vitlit.training import train
-from vitlit.transforms import IMAGENET_MEAN, eval_transform, train_transform
-from vitlit.weight_averaging import ExponentialMovingAverage
+from vitlit.training.batch_mixing import batch_mixing
+from vitlit.training.module import ViTClassifier
+from vitlit.training.weight_averaging import ExponentialMovingAverage
 
 SMALL_NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
 
 
-@pytest.mark.parametrize("stem", ["patch", "conv", "shifted_patch"])
-def test_every_stem_gives_one_token_per_patch(stem: str):
-    model = ViT(num_classes=3, stem=stem, **SMALL_NET)
+def test_the_patch_embedding_gives_one_token_per_patch_at_any_multiple_of_the_patch_size():
+    model = ViT(num_classes=3, **SMALL_NET)
     images = torch.randn(2, 3, 32, 48)  # another size than image_size: the position embedding is resampled
     assert model.patch_embedding(images).shape == (2, 4 * 6, 32)
     assert model(images).shape == (2, 3)
-
-
-def test_unknown_stem_and_impossible_shapes_raise():
-    with pytest.raises(ValueError, match="stem='cnn' is not one of: patch, conv, shifted_patch"):
-        ViT(num_classes=3, stem="cnn", **SMALL_NET)
-    with pytest.raises(ValueError, match="power-of-two patch_size"):
-        ConvStem(patch_size=12, embed_dim=32)
-    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
-        ShiftedPatchTokenization(patch_size=8, embed_dim=32)(torch.randn(1, 3, 20, 16))
-
-
-def test_conv_stem_halves_the_image_once_per_patch_doubling():
-    stem = ConvStem(patch_size=8, embed_dim=192)
-    strides = [layer.stride for layer in stem.convolutions if isinstance(layer, torch.nn.Conv2d)]
-    widths = [layer.out_channels for layer in stem.convolutions if isinstance(layer, torch.nn.Conv2d)]
-    assert strides == [(2, 2)] * 3 and widths == [48, 96, 192]
-
-
-def test_shifted_patch_tokenization_adds_four_half_patch_diagonal_shifts():
-    spt = ShiftedPatchTokenization(in_channels=1, patch_size=4, embed_dim=8)
-    image = torch.arange(64.0).view(1, 1, 8, 8)
-    shifted = spt.shifted(image)
-    assert shifted.shape == (1, 5, 8, 8)
-    assert torch.equal(shifted[:, 0], image[:, 0])
-    # up-left: pixel (r, c) shows (r + 2, c + 2); the last two rows and columns are zero padding
-    assert torch.equal(shifted[0, 1, :6, :6], image[0, 0, 2:, 2:])
-    assert shifted[0, 1, 6:].abs().sum() == 0 and shifted[0, 1, :, 6:].abs().sum() == 0
-    # down-right: pixel (r, c) shows (r - 2, c - 2)
-    assert torch.equal(shifted[0, 4, 2:, 2:], image[0, 0, :6, :6])
 
 
 def test_mixup_and_cutmix_change_the_batch_and_give_soft_targets():
@@ -72,7 +42,7 @@ def test_mixup_and_cutmix_change_the_batch_and_give_soft_targets():
         assert torch.allclose(targets.sum(dim=1), torch.ones(8))
         assert (targets.max(dim=1).values < 1).any()  # soft, not one-hot
     assert batch_mixing(3) is None
-    with pytest.raises(ValueError, match=r"model\.mixup_alpha must be >= 0"):
+    with pytest.raises(ValueError, match=r"model\.batch_mixing\.mixup_alpha must be >= 0"):
         batch_mixing(3, mixup_alpha=-1.0)
 
 
@@ -146,7 +116,8 @@ def test_val_fraction_validates_on_part_of_train_and_tests_on_test(tmp_path: Pat
 
 
 def test_ema_weights_differ_from_live_weights_and_are_what_test_uses(tiny_config, tmp_path: Path):
-    cfg = tiny_config("model.mixup_alpha=0.8", "model.cutmix_alpha=1.0", "model.test_time_flip=true")
+    mixing = ["model.batch_mixing.mixup_alpha=0.8", "model.batch_mixing.cutmix_alpha=1.0"]
+    cfg = tiny_config(*mixing, "model.test_time_flip=true")
     L.seed_everything(0)
     data = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.model, class_names=list(data.class_names), _convert_="all")
@@ -177,9 +148,9 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875] and cfg.data.cache
     preset = compose_config(["experiment=scratch"])
     assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 450)
-    assert preset.model.relative_localization_weight == 0.1 and preset.model.relative_localization_pairs == 64
+    assert preset.model.relative_localization_weight == 0.1
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
-    assert cfg.callbacks.ema._target_ == "vitlit.weight_averaging.ExponentialMovingAverage"
+    assert cfg.callbacks.ema._target_ == "vitlit.training.weight_averaging.ExponentialMovingAverage"
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]

@@ -13,10 +13,12 @@ from conftest import compose_config, make_image_folder
 from hydra.utils import instantiate
 from PIL import Image
 
-from vitlit.data import ImageFolderDataModule, load_rgb
-from vitlit.model import ViT
-from vitlit.module import ViTClassifier, _is_unset_fusable
-from vitlit.transforms import eval_transform
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.data.image_folder import load_rgb
+from vitlit.data.transforms import eval_transform
+from vitlit.models.vit import ViT
+from vitlit.private_api import is_compiled
+from vitlit.training.module import ViTClassifier, _is_unset_fusable
 
 SMALL_VIT = dict(image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_dim=96)
 
@@ -63,7 +65,7 @@ def test_fused_model_matches_the_unfused_reference_within_1e_5():
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_dropout_and_drop_path():
     def loss_and_gradients(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         torch.manual_seed(0)
-        model = ViT(num_classes=3, mlp_dropout=0.2, drop_path_rate=0.3, grad_checkpointing=checkpointing, **SMALL_VIT)
+        model = ViT(num_classes=3, dropout=0.2, drop_path_rate=0.3, grad_checkpointing=checkpointing, **SMALL_VIT)
         torch.nn.init.normal_(model.classifier.head.weight, std=0.1)
         images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
         loss = F.cross_entropy(model.train()(images), labels)
@@ -176,14 +178,14 @@ def test_training_drops_the_last_partial_batch_unless_it_is_the_only_one(jpeg_fo
 
 
 def test_compile_and_checkpointing_flags_reach_the_model_and_keep_its_parameter_names(image_folder: Path):
-    cfg = compose_config(["model=vit_micro", "model.compile=true", "model.grad_checkpointing=true"])
+    cfg = compose_config(["model=vit_micro", "model.compile=true", "model.net.grad_checkpointing=true"])
     module = instantiate(cfg.model, class_names=["cat", "dog"], _convert_="all")
     names = list(module.state_dict())
     assert module.model.grad_checkpointing and module.compile_model
     assert module.hparams.mean == list(cfg.data.mean)
     module.configure_model()
     module.configure_model()  # Lightning calls it once per stage: compiling twice would wrap twice
-    assert module.model._compiled_call_impl is not None
+    assert is_compiled(module.model)
     assert list(module.state_dict()) == names  # in-place compile: checkpoints load into an uncompiled model
 
 

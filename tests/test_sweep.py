@@ -1,4 +1,4 @@
-"""Multirun summaries (vitlit.sweep) and the Optuna search config."""
+"""Multirun summaries (vitlit.training.sweep) and the Optuna search config."""
 
 import csv
 import math
@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO_ROOT, TINY_RUN
 from hydra import compose, initialize_config_dir
 
-from vitlit.sweep import FailedJob, sort_rows, swept_keys, write_summary
+from vitlit.training.sweep import FailedJob, sort_rows, swept_keys, write_summary
 
 
 def row(job: int, acc: float | None, *overrides: str) -> dict:

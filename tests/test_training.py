@@ -10,9 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train as train_script
-from vitlit.data import ImageFolderDataModule
-from vitlit.module import ViTClassifier
+from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.training import train
+from vitlit.training.module import ViTClassifier
 
 EPOCH_LINE = re.compile(
     r"^Epoch: (\d+) \| train_loss: \d+\.\d{4} \| train_acc: [01]\.\d{4} "

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from vitlit import ViT, load_pretrained
-from vitlit.weights import HUGGINGFACE_4, read_checkpoint, torchvision_weights
+from vitlit.models.weight_formats import HUGGINGFACE_4
+from vitlit.models.weights import read_checkpoint, torchvision_weights
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -318,7 +319,7 @@ def test_another_patch_size_is_an_error(tmp_path: Path):
 def test_head_is_zero_initialised_unless_asked_for(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     torch.save(perturbed(tiny_timm()).state_dict(), tmp_path / "vit.pth")
     model = tiny_vit()
-    with caplog.at_level(logging.INFO, logger="vitlit.weights"):
+    with caplog.at_level(logging.INFO, logger="vitlit.models.weights"):
         loaded = load_pretrained(model, tmp_path / "vit.pth")
     assert not loaded.head_loaded
     assert not model.classifier.head.weight.any() and not model.classifier.head.bias.any()
@@ -328,7 +329,7 @@ def test_head_is_zero_initialised_unless_asked_for(tmp_path: Path, caplog: pytes
 def test_head_of_another_class_count_is_not_loaded_even_when_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     torch.save(perturbed(tiny_timm(num_classes=1000)).state_dict(), tmp_path / "vit.pth")
     model = tiny_vit(num_classes=3)
-    with caplog.at_level(logging.INFO, logger="vitlit.weights"):
+    with caplog.at_level(logging.INFO, logger="vitlit.models.weights"):
         loaded = load_pretrained(model, tmp_path / "vit.pth", load_head=True)
     assert not loaded.head_loaded
     assert model.classifier.head.weight.shape == (3, 64) and not model.classifier.head.weight.any()
@@ -400,20 +401,14 @@ def test_vitlit_lightning_checkpoint_state_dict_loads(tmp_path: Path):
     assert max_diff(model(images(32)), source(images(32))) == 0.0
 
 
-def test_vitlit_checkpoint_carries_the_tensors_of_model_options_and_other_formats_name_them(tmp_path: Path):
-    options = dict(mlp_depthwise_conv=True, locality_self_attention=True)
-    source = perturbed(ViT(num_classes=5, **TINY, **options))
-    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "a.ckpt")
-    model = ViT(num_classes=5, **TINY, **options).eval()
+def test_a_vitlit_checkpoint_loads_without_its_training_only_auxiliary_heads(tmp_path: Path):
+    source = perturbed(tiny_vit())
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}
+    auxiliary = {"relative_localization.mlp.0.weight": torch.ones(4, 4), "instance_head.weight": torch.ones(9, 4)}
+    torch.save({"state_dict": {**state, **auxiliary}}, tmp_path / "a.ckpt")
+    model = tiny_vit()
     assert load_pretrained(model, tmp_path / "a.ckpt", load_head=True).format == "vitlit"
     assert max_diff(model(images(32)), source(images(32))) == 0.0
-    with pytest.raises(ValueError, match=r"unexpected keys: transformer_encoder\.0\.msa_block\.log_scale"):
-        load_pretrained(tiny_vit(), tmp_path / "a.ckpt")  # a plain ViT has no place for them
-
-    torch.save(tiny_torchvision().state_dict(), tmp_path / "torchvision.pth")
-    with pytest.raises(
-        ValueError,
-        match=r"torchvision.pth: the model has weights a torchvision checkpoint does not "
-        r"hold: transformer_encoder.0.msa_block.log_scale.*mlp_depthwise_conv=false",
-    ):
-        load_pretrained(ViT(num_classes=5, **TINY, **options), tmp_path / "torchvision.pth")
+    torch.save({"state_dict": {**state, "other_head.weight": torch.ones(2)}}, tmp_path / "b.ckpt")
+    with pytest.raises(ValueError, match=r"unexpected keys: other_head\.weight"):
+        load_pretrained(tiny_vit(), tmp_path / "b.ckpt")

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vitlit.checkpoints import (
+from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.reporting.report import RunReport
+from vitlit.training.checkpoints import (
     EVAL_TRANSFORM_KEYS,
     class_names,
     classifier_from_checkpoint,
@@ -25,9 +24,7 @@ from vitlit.checkpoints import (
     eval_transform_settings,
     read_checkpoint,
 )
-from vitlit.data import ImageFolderDataModule
-from vitlit.report import RunReport
-from vitlit.training import instantiate_all, resolve_precision
+from vitlit.training.trainer import build_trainer, finish_loggers
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +65,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"holds {list(datamodule.class_names)}; evaluate on images of the same classes"
         )
 
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
-    loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False, precision=precision
-    )
+    trainer = build_trainer(cfg)
     reports = [callback for callback in trainer.callbacks if isinstance(callback, RunReport)]
     for report in reports:  # the training history the checkpoint carries, for curves.png
         report.load_state_dict(checkpoint.get("callbacks", {}).get(report.state_key, {}))
 
-    log.info("evaluating %s (%s, classes: %s)", cfg.ckpt_path, precision, ", ".join(class_names(checkpoint)))
+    log.info("evaluating %s (classes: %s)", cfg.ckpt_path, ", ".join(class_names(checkpoint)))
     trainer.test(module, datamodule=datamodule)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     for report in reports:
         report.write(cfg.paths.output_dir, trainer, metrics, checkpoint=str(Path(cfg.ckpt_path).expanduser().resolve()))
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.finalize("success")
+    finish_loggers(trainer)
     return metrics
 
 

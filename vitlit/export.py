@@ -4,7 +4,7 @@
 
 Load the file with ``safetensors.torch.load_file`` and ``load_state_dict`` into
 ``torchvision.models.vit_b_16(num_classes=C)`` or ``timm.create_model("vit_base_patch16_224", num_classes=C)``
-(or the architecture of the same size). The names come from the tables in :mod:`vitlit.weights`.
+(or the architecture of the same size). The names come from the tables in :mod:`vitlit.models.weight_formats`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vitlit.model import ViT
-from vitlit.weights import TIMM, TORCHVISION, CheckpointFormat, few_keys
+from vitlit.models.vit import ViT
+from vitlit.models.weight_formats import TIMM, TORCHVISION, CheckpointFormat
+from vitlit.models.weights import few_keys
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,14 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from vitlit.module import ViTClassifier
+    from vitlit.training.checkpoints import classifier_from_checkpoint, read_checkpoint
 
     output = Path(args.output).expanduser()
     if output.exists():  # checked before the (slow) checkpoint load
         parser.exit(1, f"error: {output} already exists; choose a new file name (vitlit never overwrites one)\n")
     if not Path(args.checkpoint).is_file():
         parser.exit(1, f"error: no checkpoint at {args.checkpoint}\n")
-    module = ViTClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu")
+    module = classifier_from_checkpoint(read_checkpoint(args.checkpoint))
     log.info("classes (output order): %s", ", ".join(module.hparams.class_names))
     return export_weights(module.model, output, args.layout)
 

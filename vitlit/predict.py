@@ -21,10 +21,15 @@ from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
-from vitlit.checkpoints import checkpoint_eval_transform, class_names, classifier_from_checkpoint, read_checkpoint
-from vitlit.console import RichConsoleHandler
-from vitlit.data import IMAGE_EXTENSIONS, is_image, load_rgb
-from vitlit.figures import annotated_image_figure, prediction_title, save_figure
+from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
+from vitlit.reporting.console import RichConsoleHandler
+from vitlit.reporting.figures import annotated_image_figure, prediction_title, save_figure
+from vitlit.training.checkpoints import (
+    checkpoint_eval_transform,
+    class_names,
+    classifier_from_checkpoint,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 

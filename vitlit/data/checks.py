@@ -19,28 +19,14 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from vitlit.data import ImageFolderSplit
+from vitlit.data.image_folder import ImageFolderSplit
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB copy of ``image``; 16-bit grayscale is scaled to 8 bits (PIL's ``convert`` would clip it to white)."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        pixels = np.asarray(image).astype(np.int64)
-        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
-            pixels = (pixels.clip(0, 65535) * 255 + 32767) // 65535
-        image = Image.fromarray(pixels.astype(np.uint8), mode="L")
-    return image.convert("RGB")
 
 
 def decode_problem(path: str) -> str | None:
@@ -137,20 +123,6 @@ def drop_bad_images(
             if count == 0:
                 raise ValueError(f"class folder {split.path / class_name} holds no image that decodes; add some")
     return kept
-
-
-def warn_about_loose_files(split_path: Path, image_extensions: Iterable[str]) -> None:
-    """Log a note for images lying directly in a split folder: they belong to no class and are not used."""
-    extensions = set(image_extensions)
-    loose = sorted(p.name for p in split_path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
-    if loose:
-        log.warning(
-            "%d images directly in %s belong to no class and are ignored (move them into %s/<class>/): %s",
-            len(loose),
-            split_path,
-            split_path,
-            ", ".join(loose[:10]) + (", ..." if len(loose) > 10 else ""),
-        )
 
 
 def dataset_summary(splits: Mapping[str, ImageFolderSplit]) -> str:

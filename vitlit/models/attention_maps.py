@@ -1,7 +1,7 @@
 """Where a ViT looks: attention maps of the class token over the image patches.
 
 The attention weights are recomputed from each ``msa_block``'s input with its own ``layer_norm`` and
-``qkv`` weights inside a forward hook, so :mod:`vitlit.model` keeps its fused attention kernel
+``qkv`` weights inside a forward hook, so :mod:`vitlit.models.vit` keeps its fused attention kernel
 (``scaled_dot_product_attention`` never returns the weights) and needs no changes.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitlit.model import MultiheadSelfAttentionBlock, ViT
+from vitlit.models.vit import MultiheadSelfAttentionBlock, ViT
 
 ATTENTION_METHODS = ("rollout", "last_layer")
 
@@ -20,11 +20,7 @@ def _attention_weights(block: MultiheadSelfAttentionBlock, tokens: torch.Tensor)
     batch, length, _ = tokens.shape
     qkv = block.qkv(block.layer_norm(tokens)).float()
     q, k, _ = qkv.view(batch, length, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    scores = q @ k.transpose(-2, -1) * block.scale()
-    mask = block.attention_mask(length, length, tokens.device)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1)
+    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
 
 @torch.no_grad()

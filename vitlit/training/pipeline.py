@@ -1,26 +1,24 @@
-"""``train(cfg) -> metrics``: build the data, model, trainer, callbacks and loggers from a Hydra config, fit, test.
+"""``train(cfg) -> metrics``: config -> data module + module(model) -> trainer -> fit, test, report.
 
 No command-line code here: ``train.py`` calls this, and so can tests and notebooks.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vitlit.checkpoints import check_checkpoint_fits, load_backbone
-from vitlit.config_checks import check_config_types
-from vitlit.report import RunReport
+from vitlit.reporting.metrics_file import write_metrics_file
+from vitlit.reporting.report import RunReport
+from vitlit.training.checkpoints import check_checkpoint_fits, load_backbone
+from vitlit.training.config_checks import check_config_types
+from vitlit.training.trainer import build_trainer, finish_loggers
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +26,6 @@ log = logging.getLogger(__name__)
 HPARAM_SECTIONS = ("model", "data", "trainer", "seed")
 # Final metrics shown beside the hyperparameters.
 HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
-
-
-def resolve_precision(precision: str | int | None, accelerator: str = "auto") -> str | int:
-    """``None`` picks mixed precision on a CUDA GPU (bf16-mixed where supported, else 16-mixed), else 32-true."""
-    if precision is not None:
-        return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def instantiate_all(section: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a ``{name: {_target_: ...}}`` section; entries set to null are skipped."""
-    if not section:
-        return []
-    return [instantiate(entry) for entry in section.values() if entry is not None and "_target_" in entry]
 
 
 def resolve_checkpoint_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -76,11 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # the model's head size depends on the classes found here
-    extra: dict[str, Any] = {}
-    if cfg.model.get("instance_discrimination_weight"):
-        datamodule.setup("fit")  # the instance head has one output per training image
-        extra["instance_count"] = len(datamodule.train_dataloader().dataset)
-    module = instantiate(cfg.model, class_names=list(datamodule.class_names), **extra, _convert_="all")
+    module = instantiate(cfg.model, class_names=list(datamodule.class_names), _convert_="all")
     ckpt_path = resolve_checkpoint_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir))
     if ckpt_path and cfg.get("reinit_head"):
         load_backbone(module, ckpt_path)
@@ -88,14 +66,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif ckpt_path:
         check_checkpoint_fits(module, ckpt_path)
 
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
-    loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False, precision=precision
-    )
-    log.info("precision: %s", trainer.precision)
-    if isinstance(trainer.accelerator, CUDAAccelerator):
-        torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
+    trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         # Hydra's .hydra/config.yaml keeps interpolations; this copy shows the values the run used.
         output_dir = Path(cfg.paths.output_dir)
@@ -131,11 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: value for key, value in resolved.items() if key in HPARAM_SECTIONS}
     final = {name: metrics[name] for name in HPARAM_METRICS if name in metrics}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, metrics=final, step=fit_steps)
-            logger.finalize("success")
-    if trainer.is_global_zero and not reports:  # the sweep summary (vitlit.sweep) reads its "final" metrics
-        final_metrics = {"final": dict(sorted(metrics.items()))}
-        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(final_metrics, indent=2) + "\n")
+    finish_loggers(trainer, hparams, final, step=fit_steps)
+    if trainer.is_global_zero and not reports:  # the sweep summary (vitlit.training.sweep) reads its "final" metrics
+        write_metrics_file(cfg.paths.output_dir, {"final": dict(sorted(metrics.items()))})
     return metrics

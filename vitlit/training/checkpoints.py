@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-from vitlit.module import ViTClassifier
-from vitlit.transforms import eval_transform
+from vitlit.data.transforms import eval_transform
+from vitlit.training.compat import upgrade_checkpoint
+from vitlit.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ EVAL_TRANSFORM_KEYS = ("image_size", "eval_crop_fraction", "interpolation", "mea
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU; raise a clear error if it is missing or not a vitlit checkpoint."""
+    """Load a checkpoint file on the CPU; raise a clear error if it is missing or not a vitlit checkpoint.
+
+    Checkpoints of older vitlit versions come back with today's hyperparameters (:mod:`vitlit.training.compat`).
+    """
     path = Path(path).expanduser()
     hint = "pass ckpt_path=<run folder>/checkpoints/last.ckpt (or epoch_NNN.ckpt), as written by train.py"
     if not path.is_file():
@@ -48,9 +52,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ValueError(
             f"{path} is not a vitlit checkpoint: it lacks the hyperparameters 'net' and 'class_names' or the "
-            f"'model.*' weights of vitlit.module.ViTClassifier (top-level keys: {found}); {hint}"
+            f"'model.*' weights of vitlit.training.module.ViTClassifier (top-level keys: {found}); {hint}"
         )
-    return checkpoint
+    return upgrade_checkpoint(checkpoint)
 
 
 def classifier_from_checkpoint(checkpoint: Mapping[str, Any]) -> ViTClassifier:
@@ -95,7 +99,8 @@ def checkpoint_eval_transform(checkpoint: Mapping[str, Any]) -> v2.Compose:
 
 
 HEAD_PREFIX = "model.classifier.head."
-AUXILIARY_PREFIX = "relative_localization."
+# Training-only auxiliary heads of ViTClassifier (instance_head: vitlit 06f6cff and before).
+AUXILIARY_PREFIXES = ("relative_localization.", "instance_head.")
 
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
@@ -139,7 +144,7 @@ def check_checkpoint_fits(module: ViTClassifier, path: str | Path) -> None:
 def load_backbone(module: ViTClassifier, path: str | Path) -> None:
     """Load every weight of the checkpoint at ``path`` but the classifier head, which starts again from zero."""
     # Training-only auxiliary heads start again as well: the new run may or may not have them.
-    fresh = (HEAD_PREFIX, AUXILIARY_PREFIX)
+    fresh = (HEAD_PREFIX, *AUXILIARY_PREFIXES)
     state_dict = {k: v for k, v in read_checkpoint(path)["state_dict"].items() if not k.startswith(fresh)}
     backbone_mismatches = [line for line in shape_mismatches(module, state_dict) if not line.startswith(fresh)]
     if backbone_mismatches:

@@ -9,25 +9,25 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlit.batch_mixing import batch_mixing
-from vitlit.model import ViT
-from vitlit.relative_localization import DenseRelativeLocalization
-from vitlit.sharpness_aware import SharpnessAwareMinimization
-from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vitlit.weights import load_pretrained
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitlit.models.relative_localization import DenseRelativeLocalization
+from vitlit.models.vit import ViT
+from vitlit.models.weights import load_pretrained
+from vitlit.private_api import is_compiled, mark_batch_dynamic
+from vitlit.training.compat import upgrade_module_hparams, upgrade_net
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]  # called as factory(optimizer, total_steps=...)
+BatchMixingFactory = Callable[[int], Callable | None]  # called as factory(num_classes)
 
 
 class ViTClassifier(L.LightningModule):
-    """Trains a :class:`vitlit.model.ViT` for image classification.
+    """Trains a :class:`vitlit.models.vit.ViT` for image classification.
 
     Args:
         net: keyword arguments of :class:`ViT` (all but ``num_classes``, which comes from ``class_names``).
@@ -39,7 +39,7 @@ class ViTClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         freeze_backbone: train only the classifier's linear head; everything else is frozen and kept in
             eval mode (no dropout), as a feature extractor.
-        weights: a pretrained checkpoint for :func:`vitlit.weights.load_pretrained` (file, Hugging Face
+        weights: a pretrained checkpoint for :func:`vitlit.models.weights.load_pretrained` (file, Hugging Face
             folder or ``torchvision:NAME``), loaded when the module is built. ``None`` starts from scratch.
         load_head: also load the checkpoint's classifier head when its class count matches.
         layer_decay: layer-wise learning-rate decay (BEiT, MAE): block i of D gets ``lr * decay ** (D - i)``,
@@ -47,31 +47,19 @@ class ViTClassifier(L.LightningModule):
         mean, std: per-channel statistics that uint8 images are normalised with on the device (saved in
             checkpoints, so evaluation and prediction normalise as training did).
         compile: compile the network with ``torch.compile`` (static shapes) when the trainer sets the model up.
-        grad_checkpointing: recompute each encoder block in the backward pass to save activation memory.
-        mixup_alpha, cutmix_alpha: mix each training batch with MixUp (Zhang et al. 2018) and/or CutMix
-            (Yun et al. 2019), Beta(alpha, alpha) mixing weights; with both above 0 each batch gets one of
-            them at random; 0 disables each. The loss then uses soft targets; train/acc counts the true labels.
+        batch_mixing: builds the training batches' MixUp / CutMix as ``batch_mixing(num_classes)``, e.g.
+            ``functools.partial(vitlit.training.batch_mixing.batch_mixing, mixup_alpha=0.8)``; it may return
+            None (off). The loss then uses soft targets; train/acc counts the true labels.
         test_time_flip: validation, test and prediction average the logits of each image and its mirror image.
         relative_localization_weight: weight of the dense relative localisation loss (Liu et al. 2021; see
-            :mod:`vitlit.relative_localization`) added to the training loss; 0 disables it.
-        relative_localization_pairs: token pairs per image that loss draws.
-        instance_discrimination_weight: weight of an auxiliary loss that classifies which training image
-            each training crop comes from (parametric instance discrimination; Cao et al. 2022 pre-train ViTs on
-            a small dataset with it), from the pooled, normalised features through its own linear head; 0
-            disables it. Training batches must then carry image indices (``data.train_index=true``).
-        instance_count: outputs of that head, the number of training images (``train.py`` passes it).
-        sam_rho: > 0 wraps the optimiser in sharpness-aware minimisation (Foret et al. 2021; see
-            :mod:`vitlit.sharpness_aware`) with this neighbourhood radius: two forward and backward passes per
-            step, both logged in ``train/loss`` and ``train/acc``; 0 disables it.
+            :mod:`vitlit.models.relative_localization`) added to the training loss; 0 disables it.
 
-    Batches are (images (B, 3, H, W), labels (B,)), training batches with (B,) image indices third for
-    instance discrimination, evaluation batches also (B, V, 3, H, W) (V views of each
+    Batches are (images (B, 3, H, W), labels (B,)), evaluation batches also (B, V, 3, H, W) (V views of each
     image, see ``evaluation_logits``); images either uint8 in [0, 255], normalised on the
-    device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float
-    tensors that are already normalised and pass through unchanged. ``forward`` accepts both too.
+    device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float tensors
+    that are already normalised and pass through unchanged. ``forward`` accepts both too.
     Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``; with the
-    localisation loss on, ``train/relative_localization`` too, and ``train/instance_discrimination`` with
-    instance discrimination on (``train/loss`` includes both, weighted).
+    localisation loss on, ``train/relative_localization`` too (``train/loss`` includes it, weighted).
     """
 
     def __init__(
@@ -88,21 +76,16 @@ class ViTClassifier(L.LightningModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         compile: bool = False,
-        grad_checkpointing: bool = False,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
+        batch_mixing: BatchMixingFactory | None = None,
         test_time_flip: bool = False,
         relative_localization_weight: float = 0.0,
-        relative_localization_pairs: int = 64,
-        instance_discrimination_weight: float = 0.0,
-        instance_count: int | None = None,
-        sam_rho: float = 0.0,
     ):
         super().__init__()
+        net = upgrade_net(net)  # net arguments of older vitlit versions (Lightning's load_from_checkpoint)
         # The factories are code, not hyperparameters: the run's config records them.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "batch_mixing"])
         num_classes = len(class_names)
-        self.model = ViT(num_classes=num_classes, grad_checkpointing=grad_checkpointing, **net)
+        self.model = ViT(num_classes=num_classes, **net)
         if weights:
             load_pretrained(self.model, weights, load_head=load_head)
         if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
@@ -116,23 +99,15 @@ class ViTClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.freeze_backbone = freeze_backbone
-        self.batch_mixing = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
+        self.batch_mixing = batch_mixing(num_classes) if batch_mixing is not None else None
         self.test_time_flip = test_time_flip
         if relative_localization_weight < 0:
             raise ValueError(
                 f"model.relative_localization_weight must be >= 0 (0 disables it), got {relative_localization_weight}"
             )
         self.relative_localization_weight = relative_localization_weight
-        if sam_rho < 0:
-            raise ValueError(f"model.sam_rho must be >= 0 (0 disables SAM), got {sam_rho}")
-        self.sam_rho = sam_rho
-        self.relative_localization = (
-            DenseRelativeLocalization(self.model.class_embedding.shape[-1], relative_localization_pairs)
-            if relative_localization_weight > 0
-            else None
-        )
-        self.instance_discrimination_weight = instance_discrimination_weight
-        self.instance_head = self._instance_head(instance_discrimination_weight, instance_count)
+        width = self.model.class_embedding.shape[-1]
+        self.relative_localization = DenseRelativeLocalization(width) if relative_localization_weight > 0 else None
         if freeze_backbone:
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
@@ -142,26 +117,6 @@ class ViTClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.example_input_array = torch.zeros(1, 3, self.model.image_size, self.model.image_size)
-
-    def _instance_head(self, weight: float, count: int | None) -> nn.Linear | None:
-        if weight < 0:
-            raise ValueError(f"model.instance_discrimination_weight must be >= 0 (0 disables it), got {weight}")
-        if weight == 0:
-            return None
-        if not count or count < 2:
-            raise ValueError(
-                f"model.instance_discrimination_weight > 0 needs instance_count >= 2 (the number of training images; "
-                f"train.py passes it), got {count}"
-            )
-        if self.batch_mixing is not None:
-            raise ValueError(
-                "model.instance_discrimination_weight > 0 cannot be combined with model.mixup_alpha or "
-                "model.cutmix_alpha: a mixed image comes from two training images"
-            )
-        head = nn.Linear(self.model.class_embedding.shape[-1], count)
-        nn.init.zeros_(head.weight)  # uniform predictions at the start, as the classifier head
-        nn.init.zeros_(head.bias)
-        return head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), uint8 or already normalised float -> logits (B, num_classes)."""
@@ -179,13 +134,13 @@ class ViTClassifier(L.LightningModule):
         if self.compile_model and not self.training and len(images) > 1:
             # One compiled eval graph for every batch size, so the last partial batch does not recompile.
             # Training batches stay static (the data module drops the last partial one).
-            torch._dynamo.mark_dynamic(images, 0)
+            mark_batch_dynamic(images)
         return images if rest is None else [images, *rest]
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place, so parameter names and checkpoints stay those of the plain model.
         # Static shapes: the training loader drops its last partial batch (see ImageFolderDataModule).
-        if self.compile_model and not getattr(self.model, "_compiled_call_impl", None):
+        if self.compile_model and not is_compiled(self.model):
             self.model.compile(dynamic=False)
 
     def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -216,11 +171,11 @@ class ViTClassifier(L.LightningModule):
             targets = labels
             if self.batch_mixing is not None:
                 images, targets = self.batch_mixing(images, labels)  # targets: (B, classes) probabilities
-            if self.relative_localization is None and self.instance_head is None:
+            if self.relative_localization is None:
                 logits = self(images)
                 loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
             else:
-                logits, loss = self._loss_with_auxiliary_heads(images, targets, batch[2] if len(batch) > 2 else None)
+                logits, loss = self._loss_with_relative_localization(images, targets)
         else:
             logits = self.evaluation_logits(images)
             loss = F.cross_entropy(logits, labels)
@@ -233,30 +188,16 @@ class ViTClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
 
-    def _loss_with_auxiliary_heads(
-        self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None
+    def _loss_with_relative_localization(
+        self, images: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass of the encoder feeds the classifier and the auxiliary heads that are on."""
-        grid = self.model.patch_grid(images)
-        tokens, kept = self.model.drop_patches(self.model.embed(self.normalize(images)))
-        tokens = self.model.encode(tokens, grid=grid)
-        logits = self.model.forward_head(tokens)
+        """One forward pass (``ViT.forward``, compiled with ``compile``) feeds the classifier and the auxiliary head."""
+        logits, tokens, kept = self.model(self.normalize(images), return_tokens=True)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        if self.relative_localization is not None:
-            localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
-            self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
-            loss = loss + self.relative_localization_weight * localization
-        if self.instance_head is not None:
-            if indices is None:
-                raise ValueError(
-                    "model.instance_discrimination_weight > 0 needs training batches of (images, labels, indices): "
-                    "set data.train_index=true"
-                )
-            features = self.model.classifier.norm(self.model.pool(tokens))
-            instance = F.cross_entropy(self.instance_head(features), indices)
-            self.log("train/instance_discrimination", instance, on_step=False, on_epoch=True, batch_size=len(images))
-            loss = loss + self.instance_discrimination_weight * instance
-        return logits, loss
+        grid = self.model.patch_grid(images)
+        localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
+        self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
+        return logits, loss + self.relative_localization_weight * localization
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train", self.train_acc)[0]
@@ -280,6 +221,7 @@ class ViTClassifier(L.LightningModule):
             checkpoint["val_acc_best"] = self.val_acc_best.compute()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_module_hparams(checkpoint.get("hyper_parameters", {}))  # raises on a removed option that mattered
         if "val_acc_best" in checkpoint:
             self.val_acc_best.reset()
             self.val_acc_best(checkpoint["val_acc_best"])
@@ -302,11 +244,10 @@ class ViTClassifier(L.LightningModule):
         depth = len(self.model.transformer_encoder)
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         named_parameters = list(self.model.named_parameters())
-        # The auxiliary heads are grouped as part of the classifier (the last layer under layer decay).
-        for prefix in ("relative_localization", "instance_head"):
-            auxiliary = getattr(self, prefix)
-            if auxiliary is not None:
-                named_parameters += [(f"classifier.{prefix}.{name}", p) for name, p in auxiliary.named_parameters()]
+        # The auxiliary head is grouped as part of the classifier (the last layer under layer decay).
+        if self.relative_localization is not None:
+            auxiliary = self.relative_localization.named_parameters()
+            named_parameters += [(f"classifier.relative_localization.{name}", p) for name, p in auxiliary]
         for name, parameter in named_parameters:
             if not parameter.requires_grad:
                 continue
@@ -339,12 +280,6 @@ class ViTClassifier(L.LightningModule):
         optimizer = factory(self.parameter_groups())
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_scale", 1.0)
-        if self.sam_rho > 0:
-            if self.trainer.accumulate_grad_batches > 1:
-                # Lightning zeroes the gradients only in the closure of an accumulation's first batch, so
-                # SAM's second pass would add to the accumulated gradients.
-                raise ValueError("model.sam_rho > 0 needs trainer.accumulate_grad_batches=1")
-            optimizer = SharpnessAwareMinimization(optimizer, rho=self.sam_rho)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

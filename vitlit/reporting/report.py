@@ -9,7 +9,6 @@ call it). The history travels in checkpoints, so resumed runs and ``vitlit.eval`
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -21,13 +20,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vitlit.figures import confusion_matrix_figure, curves_figure, prediction_grid_figure, save_figure
-from vitlit.stage_results import StageResultsCallback, StageSummary, display_sample
+from vitlit.reporting.figures import confusion_matrix_figure, curves_figure, prediction_grid_figure, save_figure
+from vitlit.reporting.metrics_file import METRICS_FILE, write_metrics_file
+from vitlit.reporting.stage_results import StageResultsCallback, StageSummary, display_sample
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-REPORT_FILES = ("curves.png", "confusion_matrix.png", "predictions.png", "metrics.json")
+REPORT_FILES = ("curves.png", "confusion_matrix.png", "predictions.png", METRICS_FILE)
 
 
 def device_description(trainer: L.Trainer) -> str:
@@ -107,7 +107,7 @@ def write_report(
             grid = prediction_grid_figure(images, summary.labels, summary.probabilities, summary.class_names)
             save_figure(grid, folder / "predictions.png")
     report["history"] = list(history)
-    (folder / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_metrics_file(folder, report)
     log.info("%s", results_table(final, summary, stage or ""))
     log.info("report: %s", ", ".join(str(folder / name) for name in REPORT_FILES if (folder / name).exists()))
     return report

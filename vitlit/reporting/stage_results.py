@@ -21,8 +21,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from vitlit.figures import display_images
-from vitlit.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitlit.reporting.figures import display_images
 
 
 def sample_positions(total: int, count: int) -> list[int]:
@@ -168,7 +168,7 @@ class StageResultsCallback(L.Callback):
         if not isinstance(outputs, dict) or "logits" not in outputs:
             raise RuntimeError(
                 f"{type(self).__name__} needs the module's {stage} step to return {{'logits': ...}} "
-                "(vitlit.module.ViTClassifier does); disable the callback for other modules"
+                "(vitlit.training.module.ViTClassifier does); disable the callback for other modules"
             )
         images, labels = batch[0], batch[1]
         self.results[stage].update(images, labels, outputs["logits"])

@@ -10,9 +10,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from vitlit.attention import ATTENTION_METHODS, attention_maps
-from vitlit.figures import attention_figure, confusion_matrix_figure, figure_to_array, prediction_grid_figure
-from vitlit.stage_results import StageResultsCallback, StageSummary, display_sample
+from vitlit.models.attention_maps import ATTENTION_METHODS, attention_maps
+from vitlit.private_api import add_tensorboard_summary
+from vitlit.reporting.figures import attention_figure, confusion_matrix_figure, figure_to_array, prediction_grid_figure
+from vitlit.reporting.stage_results import StageResultsCallback, StageSummary, display_sample
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -36,7 +37,7 @@ def add_image(writer, tag: str, image: np.ndarray, step: int, photo: bool = Fals
     Image.fromarray(image).save(buffer, format="JPEG", quality=90)
     height, width = image.shape[:2]
     encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
+    add_tensorboard_summary(writer, Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
 
 
 class TensorBoardDashboards(StageResultsCallback):

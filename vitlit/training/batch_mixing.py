@@ -14,7 +14,7 @@ def batch_mixing(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float
     """
     for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
         if alpha < 0:
-            raise ValueError(f"model.{name} must be >= 0 (0 disables it), got {alpha}")
+            raise ValueError(f"model.batch_mixing.{name} must be >= 0 (0 disables it), got {alpha}")
     mixers = []
     if mixup_alpha > 0:
         mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))

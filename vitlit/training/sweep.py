@@ -7,7 +7,6 @@ Optuna) gets one row per job: its overrides, status and final metrics, best job 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from pathlib import Path
@@ -20,10 +19,12 @@ from omegaconf import DictConfig
 from rich import get_console
 from rich.table import Table
 
+from vitlit.private_api import job_return_value
+from vitlit.reporting.metrics_file import read_final_metrics
+
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.csv"
-METRICS_FILE = "metrics.json"  # written into each run folder by vitlit.report.RunReport or vitlit.training.train
 DEFAULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
 
 
@@ -55,10 +56,9 @@ def is_multirun() -> bool:
 
 def job_row(job_return: JobReturn, output_dir: Path, metric_names: tuple[str, ...]) -> dict[str, Any]:
     """One summary row: the job number, its overrides (``key=value`` strings), status, error and metrics."""
-    value = job_return._return_value  # the property re-raises a failed job's exception
+    value = job_return_value(job_return)
     error = describe(value) if job_return.status == JobStatus.FAILED else getattr(value, "error", "")
-    metrics_path = output_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text())["final"] if metrics_path.is_file() and not error else {}
+    metrics = (read_final_metrics(output_dir) or {}) if not error else {}
     return {
         "job": job_return.hydra_cfg.hydra.job.num,
         "overrides": list(job_return.overrides or []),

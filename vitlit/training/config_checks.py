@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 # Config nodes without a _target_ that are keyword arguments of a known class.
-NESTED_TARGETS = {"model.net": "vitlit.model.ViT"}
+NESTED_TARGETS = {"model.net": "vitlit.models.vit.ViT"}
 SECTIONS = ("data", "model", "trainer")
 
 

@@ -29,7 +29,7 @@ class DenseRelativeLocalization(nn.Module):
     def __init__(self, embed_dim: int, pairs: int = 64, hidden_dim: int = 512):
         super().__init__()
         if pairs < 1:
-            raise ValueError(f"model.relative_localization_pairs must be >= 1, got {pairs}")
+            raise ValueError(f"DenseRelativeLocalization pairs must be >= 1, got {pairs}")
         self.pairs = pairs
         self.mlp = nn.Sequential(
             nn.Linear(2 * embed_dim, hidden_dim),

@@ -1,0 +1,59 @@
+"""Each helper of vitlit.private_api against the real library: these fail, by name, when a release moves the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.utils import JobReturn, JobStatus
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from vitlit.private_api import add_tensorboard_summary, is_compiled, job_return_value, mark_batch_dynamic
+
+
+def test_is_compiled_sees_module_compile():
+    module = nn.Linear(2, 2)
+    assert not is_compiled(module)
+    module.compile()
+    assert is_compiled(module)
+
+
+def test_mark_batch_dynamic_gives_one_graph_for_every_batch_size():
+    graphs = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    double = torch.compile(lambda x: x * 2, backend=counting_backend, fullgraph=True)
+    for batch in (2, 5, 7):
+        images = torch.ones(batch, 3)
+        mark_batch_dynamic(images)
+        assert torch.equal(double(images), images * 2)
+    assert len(graphs) == 1
+
+
+def test_add_tensorboard_summary_writes_the_summary(tmp_path: Path):
+    writer = SummaryWriter(tmp_path)
+    add_tensorboard_summary(writer, Summary(value=[Summary.Value(tag="check", simple_value=0.5)]), step=3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    [event] = events.Scalars("check")
+    assert (event.step, event.value) == (3, 0.5)
+
+
+def test_job_return_value_returns_a_failed_jobs_exception_without_raising():
+    done = JobReturn(status=JobStatus.COMPLETED)
+    done.return_value = 0.75
+    assert job_return_value(done) == 0.75
+    error = ValueError("the job failed")
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=error)
+    assert job_return_value(failed) is error
+    with pytest.raises(Exception, match="the job failed"):
+        failed.return_value  # noqa: B018  # the public API re-raises: the reason for the helper

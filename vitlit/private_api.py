@@ -1,0 +1,32 @@
+"""Every call vitlit makes into another library's private API, each behind one small function.
+
+When a release moves one of these, ``tests/test_private_api.py`` fails here, by name, instead of a run
+failing somewhere deep. Imports nothing of vitlit; any layer may import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module.compile()`` already ran (``nn.Module.compile`` keeps the compiled call in a private slot)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def mark_batch_dynamic(tensor: torch.Tensor) -> None:
+    """Tell ``torch.compile`` that dim 0 (the batch) varies, so one graph serves every batch size."""
+    torch._dynamo.mark_dynamic(tensor, 0)
+
+
+def add_tensorboard_summary(writer: Any, summary: Any, step: int) -> None:
+    """Write a ready-made protobuf ``Summary`` through a ``SummaryWriter`` (its public API writes PNG images only)."""
+    writer._get_file_writer().add_summary(summary, step)
+
+
+def job_return_value(job_return: Any) -> Any:
+    """A Hydra ``JobReturn``'s value, or a failed job's exception (the public ``return_value`` re-raises it)."""
+    return job_return._return_value

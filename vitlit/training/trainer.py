@@ -1,0 +1,59 @@
+"""One Lightning Trainer builder for training and evaluation: precision, loggers, callbacks from the config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str | int | None, accelerator: str = "auto") -> str | int:
+    """``None`` picks mixed precision on a CUDA GPU (bf16-mixed where supported, else 16-mixed), else 32-true."""
+    if precision is not None:
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def instantiate_all(section: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` section; entries set to null are skipped."""
+    if not section:
+        return []
+    return [instantiate(entry) for entry in section.values() if entry is not None and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The ``cfg.trainer`` Trainer with ``cfg.callbacks`` and ``cfg.logger``, in the precision the hardware suits."""
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False, precision=precision
+    )
+    log.info("precision: %s", trainer.precision)
+    if isinstance(trainer.accelerator, CUDAAccelerator):
+        torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
+    return trainer
+
+
+def finish_loggers(
+    trainer: L.Trainer,
+    hparams: Mapping[str, Any] | None = None,
+    final: Mapping[str, float] | None = None,
+    step: int = 0,
+) -> None:
+    """Give TensorBoard the hyperparameters with the final metrics beside them (its HPARAMS tab), then close it."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            if hparams is not None:
+                logger.log_hyperparams(dict(hparams), metrics=dict(final or {}), step=step)
+            logger.finalize("success")
