@@ -29,7 +29,10 @@ def main(cfg: DictConfig) -> float | None:
             log.exception("this job failed; the sweep goes on")
             return FailedJob(error)
         if isinstance(error, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            raise error.with_traceback(None) from None
+            # Hydra wraps errors raised while building a config's object; the user's message is the cause's.
+            cause = error.__cause__ if isinstance(error, InstantiationException) else None
+            shown = cause if isinstance(cause, USER_ERRORS) else error
+            raise SystemExit(f"{type(shown).__name__}: {shown}") from None  # the message alone, exit status 1
         raise
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.timing import describe_machine, markdown_table, time_interleaved
+from benchmarks.timing import describe_machine, emulated_bf16, markdown_table, time_interleaved
 
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,8 @@ def main(batch: int = 8, heads: int = 12, tokens: int = 197, head_dim: int = 64,
     device = torch.device("cpu")
     kernels = {"sdpa (fused)": fused, "sdpa math": math_backend, "matmul + softmax": explicit}
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    dtypes = (torch.float32,) if emulated_bf16(device) else (torch.float32, torch.bfloat16)
+    for dtype in dtypes:
         for train in (False, True):
             q, k, v = (torch.randn(batch, heads, tokens, head_dim, dtype=dtype, requires_grad=train) for _ in range(3))
 

@@ -35,7 +35,8 @@ from vitlit.training import train
 from vitlit.training.trainer import resolve_precision
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-EPOCH_ONLY = ["trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "test=false"]
+# ~recipe: the from-scratch training step of every layer (ViT-B/16's default recipe trains its head only).
+EPOCH_ONLY = ["~recipe", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "test=false"]
 
 
 def compose_run(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.timing import describe_machine, markdown_table, time_interleaved
+from benchmarks.timing import describe_machine, emulated_bf16, markdown_table, time_interleaved
 from vitlit.models.vit import ViT
 
 NUM_CLASSES = 3
@@ -156,7 +156,8 @@ def main() -> None:
             runnable = {
                 name: torch.compile(model, dynamic=False) if compiled else model for name, model in models.items()
             }
-            for precision in args.precisions:
+            skip_bf16 = emulated_bf16(device)
+            for precision in [p for p in args.precisions if not (p == "bf16" and skip_bf16)]:
                 for mode in args.modes:
                     for model in models.values():
                         model.train(mode == "train")

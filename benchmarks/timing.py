@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from vitlit.private_api import cpu_has_native_bf16
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -40,6 +42,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
+def cpu_capability() -> str:
+    """The CPU's vector capability and whether bfloat16 is native there: every CPU figure is printed with it."""
+    native = "native bf16" if cpu_has_native_bf16() else "bf16 emulated"
+    return f"torch.backends.cpu.get_cpu_capability()={torch.backends.cpu.get_cpu_capability()}, {native}"
+
+
+def emulated_bf16(device: torch.device) -> bool:
+    """True on a CPU without native bfloat16, where bf16 rows would time the emulation: benchmarks skip them."""
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        print(f"(bf16 rows skipped: this CPU emulates bfloat16; {cpu_capability()})")
+        return True
+    return False
+
+
 def describe_machine(device: torch.device) -> str:
     """One line: the CPU (or GPU), cores/threads, and the library versions that set the speed."""
     import lightning
@@ -48,7 +64,7 @@ def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
         hardware = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     else:
-        hardware = f"{_cpu_name()}, {torch.get_num_threads()} threads"
+        hardware = f"{_cpu_name()} ({cpu_capability()}), {torch.get_num_threads()} threads"
     return (
         f"{hardware}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"lightning {lightning.__version__}, Python {platform.python_version()}"

@@ -60,6 +60,7 @@ TINY_RUN = [
     "data.num_workers=0",
     "trainer.max_epochs=2",
     "model.optimizer.lr=3e-3",
+    "trainer.precision=32-true",  # the same numbers on every CPU (null picks bf16-mixed where bf16 is native)
     "callbacks.progress_bar=null",
     "callbacks.dashboards=null",  # pictures cost seconds per epoch; test_dashboards.py and test_eval_predict.py
     "callbacks.run_report=null",  # turn them back on
@@ -100,3 +101,23 @@ def train_with_log(cfg: DictConfig) -> tuple[dict[str, float], str]:
     finally:
         vitlit_logger.removeHandler(handler)
     return metrics, "\n".join(records)
+
+
+TORCHVISION_VIT_B_16_FILE = "vit_b_16-c867db91.pth"  # torchvision's ViT_B_16_Weights.IMAGENET1K_V1
+
+
+def fill_torch_hub_cache(torch_home: Path):
+    """Put a perturbed, randomly initialised torchvision ``vit_b_16`` state dict in ``torch_home``'s hub cache
+    under the real file name, where torchvision's own download code finds it: (the file, the model in eval mode)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16()
+    with torch.no_grad():
+        for parameter in model.parameters():  # no zero class token, biases or head
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    path = torch_home / "hub" / "checkpoints" / TORCHVISION_VIT_B_16_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path, model.eval()

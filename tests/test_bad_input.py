@@ -305,9 +305,10 @@ def test_negative_workers_are_an_error_and_the_datasets_pickle_for_spawned_worke
     assert torch.equal(copy[0][0], data.datasets["val"][0][0])
 
 
-def test_gradient_clipping_is_on_by_default():
-    cfg = compose_config([])
+def test_gradient_clipping_is_on_by_default_where_the_whole_network_trains():
+    cfg = compose_config(["model=vit_s16"])
     assert cfg.trainer.gradient_clip_val == 1.0
+    assert compose_config([]).trainer.gradient_clip_val is None  # the head-only default recipe, as the notebook
     assert cfg.trainer.get("gradient_clip_algorithm", "norm") == "norm"
 
 

@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ from conftest import CONF_DIR, compose_config
 from hydra.utils import instantiate
 
 from vitlit.models.vit import ViT
+from vitlit.training import trainer as trainer_module
 from vitlit.training.trainer import resolve_precision
 
 
@@ -52,7 +54,6 @@ def test_sweepable_keys_exist_without_a_plus(tmp_path: Path):
         "model.optimizer.weight_decay=0.1",
         "model.label_smoothing=0.2",
         "model.freeze_backbone=true",
-        "model.scheduler.warmup=5",
         "model.net.dropout=0.0",
         "data.batch_size=16",
         "data.num_workers=0",
@@ -66,6 +67,9 @@ def test_sweepable_keys_exist_without_a_plus(tmp_path: Path):
     ]
     cfg = compose_config(overrides, output_dir=tmp_path)
     assert cfg.model.optimizer.lr == 1e-4 and cfg.data.batch_size == 16 and cfg.trainer.strategy == "ddp"
+    # The sizes without a recipe of their own train with a warmup + cosine schedule (ViT-B/16's has none).
+    cfg = compose_config(["model=vit_s16", "model.scheduler.warmup=5"], output_dir=tmp_path)
+    assert cfg.model.scheduler.warmup == 5 and compose_config([]).model.scheduler is None
 
 
 def test_data_dir_comes_from_vitlit_data_dir(monkeypatch, tmp_path: Path):
@@ -91,12 +95,24 @@ def test_model_config_instantiates_the_lightning_module_with_class_names():
     assert isinstance(optimizer, torch.optim.AdamW)
 
 
-def test_precision_defaults_to_mixed_on_gpus_and_full_on_cpu(monkeypatch):
-    assert resolve_precision(None, "cpu") == "32-true"
-    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_follows_the_hardware_gpus_and_cpus_alike(monkeypatch, caplog, native_bf16: bool):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native_bf16)
+    with caplog.at_level(logging.INFO, logger="vitlit"):
+        assert resolve_precision(None, "cpu") == ("bf16-mixed" if native_bf16 else "32-true")
+    capability = torch.backends.cpu.get_cpu_capability()
+    reason = "computes bfloat16 natively" if native_bf16 else "has no native bfloat16"
+    assert f"this CPU ({capability}) {reason}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitlit"):
+        assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # an explicit choice is kept
+    assert ("many times slower" in caplog.text) is not native_bf16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision(None, "auto") == "bf16-mixed"
-    assert resolve_precision(None, "cpu") == "32-true"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vitlit"):
+        assert resolve_precision("bf16-mixed", "auto") == "bf16-mixed"
+    assert "many times slower" not in caplog.text  # bf16 on the GPU
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision(None, "gpu") == "16-mixed"

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, fill_torch_hub_cache
 
 from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.training import train
@@ -22,6 +22,8 @@ def test_pizza_steak_sushi_has_the_documented_classes_and_split_sizes(real_data_
 
 def test_default_config_trains_vit_b16_on_the_real_data(real_data_dir: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("VITLIT_DATA_DIR", str(real_data_dir))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    fill_torch_hub_cache(tmp_path / "torch_home")  # the default recipe's ImageNet weights, random here
     overrides = [
         "data.batch_size=4",
         "trainer.max_epochs=1",
@@ -32,7 +34,7 @@ def test_default_config_trains_vit_b16_on_the_real_data(real_data_dir: Path, tmp
         "callbacks.progress_bar=null",
     ]
     cfg = compose_config(overrides, output_dir=tmp_path)
-    assert cfg.model.net.embed_dim == 768 and cfg.model.net.depth == 12
+    assert cfg.model.net.embed_dim == 768 and cfg.model.net.depth == 12 and cfg.model.freeze_backbone is True
     metrics = train(cfg)
     assert 0.0 < metrics["train/loss"] < 5.0
     assert 0.0 <= metrics["test/acc"] <= 1.0

@@ -4,6 +4,7 @@ import torchvision
 from torch import nn
 
 from vitlit import ViT
+from vitlit.models import vit
 from vitlit.models.layers import resample_position_embedding
 from vitlit.models.vit import MultiheadSelfAttentionBlock, attention
 
@@ -112,14 +113,17 @@ def test_the_class_token_path_of_the_last_block_gives_the_logits_and_gradients_o
     assert (logits - outputs[0]).abs().max().item() <= 1e-5
 
 
-def test_bfloat16_attention_on_the_cpu_takes_the_explicit_path_and_agrees_with_float32_sdpa():
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_attention_on_the_cpu_takes_the_explicit_path_only_where_bf16_is_native(monkeypatch, native: bool):
+    monkeypatch.setattr(vit, "NATIVE_BF16_CPU", native)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 197, 64) for _ in range(3))
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.equal(attention(q, k, v), expected)
     q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
     low = attention(q, k, v)
-    assert torch.equal(low, ((q * 64**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v)
+    explicit = ((q * 64**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    assert torch.equal(low, explicit if native else torch.nn.functional.scaled_dot_product_attention(q, k, v))
     assert (low.float() - expected).abs().max().item() <= 0.05  # bfloat16 keeps 8 bits of mantissa
 
 

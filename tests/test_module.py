@@ -12,6 +12,8 @@ def test_freeze_backbone_trains_only_the_head_like_the_reference_feature_extract
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     assert trainable == {"model.classifier.head.weight", "model.classifier.head.bias"}
     assert sum(p.numel() for p in module.parameters() if p.requires_grad) == 2_307
+    # Built in eval mode: Lightning restores each submodule's mode after validation instead of calling train().
+    assert not module.model.transformer_encoder.training and module.model.classifier.head.training
     module.train()
     assert module.model.classifier.head.training
     assert not module.model.transformer_encoder.training  # no dropout in the frozen feature extractor

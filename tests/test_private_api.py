@@ -12,7 +12,13 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from vitlit.private_api import add_tensorboard_summary, is_compiled, job_return_value, mark_batch_dynamic
+from vitlit.private_api import (
+    add_tensorboard_summary,
+    cpu_has_native_bf16,
+    is_compiled,
+    job_return_value,
+    mark_batch_dynamic,
+)
 
 
 def test_is_compiled_sees_module_compile():
@@ -57,3 +63,10 @@ def test_job_return_value_returns_a_failed_jobs_exception_without_raising():
     assert job_return_value(failed) is error
     with pytest.raises(Exception, match="the job failed"):
         failed.return_value  # noqa: B018  # the public API re-raises: the reason for the helper
+
+
+def test_cpu_has_native_bf16_agrees_with_the_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to compare with")
+    assert cpu_has_native_bf16() is bool({"avx512_bf16", "amx_bf16"} & set(flags))

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from vitlit import ViT, load_pretrained
+from vitlit.models.weight_downloads import torchvision_weights
 from vitlit.models.weight_formats import HUGGINGFACE_4
-from vitlit.models.weights import read_checkpoint, torchvision_weights
+from vitlit.models.weights import read_checkpoint
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")

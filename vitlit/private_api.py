@@ -6,6 +6,7 @@ failing somewhere deep. Imports nothing of vitlit; any layer may import it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -30,3 +31,10 @@ def add_tensorboard_summary(writer: Any, summary: Any, step: int) -> None:
 def job_return_value(job_return: Any) -> Any:
     """A Hydra ``JobReturn``'s value, or a failed job's exception (the public ``return_value`` re-raises it)."""
     return job_return._return_value
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX); elsewhere bf16 matmuls are emulated,
+    hundreds of times slower than float32. torch answers only through these private checks."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

@@ -29,6 +29,9 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vitlit.models.layers import DropPath, drop_patches, resample_position_embedding, sincos_position_embedding
+from vitlit.private_api import cpu_has_native_bf16
+
+NATIVE_BF16_CPU = cpu_has_native_bf16()  # checked once: the attention path must not call out under torch.compile
 
 
 class PatchEmbedding(nn.Module):
@@ -89,11 +92,11 @@ class MultiheadSelfAttentionBlock(nn.Module):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(head_dim)) v for (B, heads, N, head_dim) tensors, with dropout on the weights.
 
-    Fused (``scaled_dot_product_attention``) except for bfloat16 on the CPU, where two batched matmuls and a
-    softmax are faster than SDPA's flash kernel (ViT-B/16 shapes, torch 2.14: 1.6-1.7x forward, 2.4x
-    forward + backward; benchmarks/attention.py). The two agree to bfloat16 rounding.
+    Fused (``scaled_dot_product_attention``) except for bfloat16 on a CPU with native bfloat16 (AVX512_BF16,
+    AMX), where two batched matmuls and a softmax are faster than SDPA's flash kernel (ViT-B/16 shapes, torch
+    2.14: 1.6-1.7x forward, 2.4x forward + backward; benchmarks/attention.py). The two agree to bfloat16 rounding.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and NATIVE_BF16_CPU:
         weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
         return F.dropout(weights.softmax(dim=-1), dropout) @ v
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -329,6 +332,13 @@ class ViT(nn.Module):
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoded tokens (B, 1 + N, D) -> logits (B, num_classes), read off ``pool``."""
         return self.classifier(self.pool(tokens))
+
+    def pre_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> what the classifier's linear head reads (B, D): pooled, normalised tokens.
+
+        ``classifier.head(pre_logits(x))`` is ``forward(x)`` in eval mode (the frozen-backbone feature cache)."""
+        tokens = self.encode(self.embed(images), class_token_only=self.pooling == "token")
+        return self.classifier.norm(self.pool(tokens))
 
     def forward(
         self, images: torch.Tensor, return_tokens: bool = False

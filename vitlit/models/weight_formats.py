@@ -68,7 +68,10 @@ class CheckpointFormat:
     ``signature`` is a key (in block 0) only this format has; ``prefixes`` are wrappers that may precede
     every key (DDP's ``module.``, Lightning's ``model.``, Hugging Face's ``vit.``); ``ignored`` are key
     prefixes dropped on purpose; ``resampling`` are the ``F.interpolate`` options the library itself uses
-    to resample position embeddings, so a resampled checkpoint matches what that library would load.
+    to resample position embeddings, so a resampled checkpoint matches what that library would load;
+    ``layer_norm_eps`` is the LayerNorm epsilon the library's ViTs use (Hugging Face: ``ViTConfig``'s default,
+    which a ``config.json`` may override), or None where it varies: a model built with another eps gives
+    slightly different logits, and loading warns.
     """
 
     name: str
@@ -80,6 +83,7 @@ class CheckpointFormat:
     prefixes: tuple[str, ...] = ("module.", "model.")
     ignored: tuple[str, ...] = ()
     resampling: Mapping[str, object] = field(default_factory=lambda: {"mode": "bicubic"})
+    layer_norm_eps: float | None = None
 
 
 TORCHVISION = CheckpointFormat(
@@ -104,6 +108,7 @@ TORCHVISION = CheckpointFormat(
     head=_linear("classifier.head", "heads.head"),
     # torchvision.models.vision_transformer.interpolate_embeddings
     resampling={"mode": "bicubic", "align_corners": True},
+    layer_norm_eps=1e-6,
 )
 
 TIMM = CheckpointFormat(
@@ -127,6 +132,7 @@ TIMM = CheckpointFormat(
     head=_linear("classifier.head", "head"),
     # timm.models.vision_transformer.checkpoint_filter_fn
     resampling={"mode": "bicubic", "antialias": True},
+    layer_norm_eps=1e-6,
 )
 
 _HF_TOP = {
@@ -155,6 +161,7 @@ HUGGINGFACE_5 = CheckpointFormat(
     head=_linear("classifier.head", "classifier"),
     prefixes=("vit.", "module.", "model."),
     ignored=("pooler.",),  # ViTModel's dense+tanh pooler; the classifier never uses it
+    layer_norm_eps=1e-12,
 )
 
 HUGGINGFACE_4 = CheckpointFormat(
@@ -172,6 +179,7 @@ HUGGINGFACE_4 = CheckpointFormat(
     head=_linear("classifier.head", "classifier"),
     prefixes=("vit.", "module.", "model."),
     ignored=("pooler.",),
+    layer_norm_eps=1e-12,
 )
 
 
@@ -217,6 +225,7 @@ JAX = CheckpointFormat(
     prefixes=("opt/target/",),
     ignored=("pre_logits/",),  # the representation layer of old IN-21k files; not part of ViT-B/16 at 1k
     resampling=_JAX_RESAMPLING,
+    layer_norm_eps=1e-6,
 )
 
 BIG_VISION = CheckpointFormat(
@@ -228,6 +237,7 @@ BIG_VISION = CheckpointFormat(
     head=_JAX_HEAD,
     prefixes=("params/",),
     resampling=_JAX_RESAMPLING,
+    layer_norm_eps=1e-6,
 )
 
 VITLIT = CheckpointFormat(
@@ -241,7 +251,33 @@ VITLIT = CheckpointFormat(
     ignored=("relative_localization.", "instance_head."),
 )
 
-FORMATS = (TORCHVISION, TIMM, HUGGINGFACE_5, HUGGINGFACE_4, JAX, BIG_VISION, VITLIT)
+# The hand-built ViT of the notebook vitlit replaces (mrdbourke/pytorch-deep-learning 08): vitlit's module names,
+# but nn.MultiheadAttention (in_proj rows q, k, v, as torchvision's), Sequential indices in the MLP and the
+# classifier, and nn.LayerNorm's default eps. Its classifier's LayerNorm is the encoder's only final norm, as ours.
+NOTEBOOK = CheckpointFormat(
+    name="notebook (pytorch-deep-learning 08)",
+    signature="transformer_encoder.0.msa_block.multihead_attn.in_proj_weight",
+    top={
+        **_linear("patch_embedding.patcher", "patch_embedding.patcher"),
+        "class_embedding": "class_embedding",
+        "position_embedding": "position_embedding",
+        **_linear("classifier.norm", "classifier.0"),
+    },
+    block_prefix="transformer_encoder.{i}.",
+    block={
+        **_linear("msa_block.layer_norm", "msa_block.layer_norm"),
+        "msa_block.qkv.weight": "msa_block.multihead_attn.in_proj_weight",
+        "msa_block.qkv.bias": "msa_block.multihead_attn.in_proj_bias",
+        **_linear("msa_block.proj", "msa_block.multihead_attn.out_proj"),
+        **_linear("mlp_block.layer_norm", "mlp_block.layer_norm"),
+        **_linear("mlp_block.fc1", "mlp_block.mlp.0"),
+        **_linear("mlp_block.fc2", "mlp_block.mlp.3"),
+    },
+    head=_linear("classifier.head", "classifier.1"),
+    layer_norm_eps=1e-5,
+)
+
+FORMATS = (TORCHVISION, TIMM, HUGGINGFACE_5, HUGGINGFACE_4, JAX, BIG_VISION, NOTEBOOK, VITLIT)
 
 # torchvision's ViT architectures, by (patch size, width, depth).
 TORCHVISION_ARCHITECTURES = {

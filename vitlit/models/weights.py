@@ -3,8 +3,10 @@
 Formats read (detected from the keys): torchvision ``vit_b_16`` state dicts, timm ``vit_base_patch16_224``
 checkpoints, Hugging Face ViT checkpoints with 4.x (``encoder.layer.N.attention.attention.query``) or 5.x
 (``layers.N.attention.q_proj``) names, original Google ``.npz`` files (vision_transformer and big_vision
-layouts) and vitlit's own state dicts or Lightning checkpoints (``vitlit.export`` writes torchvision and
-timm files). Files are read with ``safetensors``, ``numpy.load(allow_pickle=False)`` or
+layouts), the state dicts of the notebook vitlit replaces (pytorch-deep-learning 08's hand-built ViT) and
+vitlit's own state dicts or Lightning checkpoints (``vitlit.export`` writes torchvision and timm files).
+Sources: a file or folder, ``torchvision:NAME`` or ``hf-hub:org/name`` (the Hugging Face Hub, through
+``huggingface_hub`` and its cache). Files are read with ``safetensors``, ``numpy.load(allow_pickle=False)`` or
 ``torch.load(weights_only=True)``: a checkpoint can never run code.
 
 The key tables themselves are data, in :mod:`vitlit.models.weight_formats`.
@@ -26,11 +28,10 @@ from safetensors.torch import load_file
 
 from vitlit.models.layers import resample_position_embedding
 from vitlit.models.vit import ViT
-from vitlit.models.weight_formats import FORMATS, TORCHVISION_ARCHITECTURES, CheckpointFormat, Source
+from vitlit.models.weight_downloads import HF_FILES, HUB_PREFIX, hub_checkpoint_path, torchvision_state_dict
+from vitlit.models.weight_formats import FORMATS, CheckpointFormat, Source
 
 log = logging.getLogger(__name__)
-
-HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass
@@ -106,7 +107,8 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> tuple[CheckpointFormat, 
     expected = "; ".join(f"{candidate.name}: {candidate.signature}" for candidate in FORMATS)
     raise ValueError(
         f"unknown checkpoint layout: unexpected keys {shown}; missing the keys every known format has "
-        f"({expected}). Supported: torchvision, timm, Hugging Face ViT, JAX .npz and vitlit checkpoints."
+        f"({expected}). Supported: torchvision, timm, Hugging Face ViT, JAX .npz, the pytorch-deep-learning "
+        "notebook's ViT and vitlit checkpoints."
     )
 
 
@@ -180,37 +182,24 @@ def _fit_position_embedding(
     return resampled, (side, side)
 
 
-def torchvision_weights(name: str, patch_size: int, width: int, depth: int):
-    """torchvision's weights enum member ``name`` (e.g. ``IMAGENET1K_V1``) of the ViT with this patch size,
-    width and depth (``ViT_B_16_Weights.IMAGENET1K_V1`` for ViT-B/16). Nothing is downloaded here."""
-    from torchvision.models import get_model_weights
-
-    architecture = TORCHVISION_ARCHITECTURES.get((patch_size, width, depth))
-    if architecture is None:
-        raise ValueError(
-            f"torchvision has no ViT with patch {patch_size}, width {width} and depth {depth}; "
-            f"it has {', '.join(TORCHVISION_ARCHITECTURES.values())}"
-        )
-    weights_enum = get_model_weights(architecture)
-    try:
-        return weights_enum[name]
-    except KeyError:
-        choices = ", ".join(member.name for member in weights_enum)
-        raise ValueError(f"torchvision:{name} is not a weight of {architecture}; choose one of {choices}") from None
+def _short(number: float) -> str:
+    return f"{number:g}".replace("e-0", "e-")  # 1e-5, not 1e-05: what a user types
 
 
-def torchvision_state_dict(name: str, model: ViT) -> dict[str, torch.Tensor]:
-    """Download (or read from torchvision's cache, ``$TORCH_HOME/hub/checkpoints``) the weights ``name`` of
-    the torchvision ViT shaped like ``model``."""
-    width = model.classifier.norm.normalized_shape[0]
-    weights = torchvision_weights(name, model.patch_size, width, len(model.transformer_encoder))
-    log.info("torchvision weights %s (%s), ImageNet-1k acc@1 %s", weights, weights.url, _acc1(weights))
-    return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-
-
-def _acc1(weights) -> str:
-    metrics = weights.meta.get("_metrics", {})
-    return str(next(iter(metrics.values()), {}).get("acc@1", "?"))
+def _warn_on_layer_norm_eps(model: ViT, checkpoint_format: CheckpointFormat) -> None:
+    """The logits differ slightly from the original model's unless the LayerNorm eps is the checkpoint's."""
+    expected, eps = checkpoint_format.layer_norm_eps, model.classifier.norm.eps
+    if expected is None or eps == expected:
+        return
+    log.warning(
+        "%s checkpoints are usually trained with LayerNorm eps %s, this ViT has %s: its logits differ slightly "
+        "from the original model's. For the same logits set model.net.layer_norm_eps=%s (ViT(layer_norm_eps=%s))",
+        checkpoint_format.name,
+        _short(expected),
+        _short(eps),
+        _short(expected),
+        _short(expected),
+    )
 
 
 def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = False) -> LoadedWeights:
@@ -218,10 +207,13 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
 
     Args:
         model: the ViT to fill; its depth, width and patch size must match the checkpoint's. Its
-            LayerNorm eps stays as built (1e-6; Hugging Face configs default to 1e-12).
+            LayerNorm eps stays as built; a warning says when the checkpoint's format uses another (the
+            notebook 1e-5, Hugging Face 1e-12, the others 1e-6).
         source: a checkpoint file (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.safetensors``, ``.npz``),
-            a Hugging Face folder holding ``model.safetensors`` or ``pytorch_model.bin``, or
-            ``torchvision:NAME`` (e.g. ``torchvision:IMAGENET1K_V1``), downloaded through torchvision's cache.
+            a Hugging Face folder holding ``model.safetensors`` or ``pytorch_model.bin``,
+            ``torchvision:NAME`` (e.g. ``torchvision:IMAGENET1K_V1``), downloaded through torchvision's cache,
+            or ``hf-hub:org/name[@revision]`` (e.g. ``hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k``),
+            downloaded through huggingface_hub's cache (:func:`hub_checkpoint_path`).
         load_head: also copy the checkpoint's classifier head when its class count equals the model's.
             Otherwise the head is re-initialised to zeros (as in the ViT paper's fine-tuning).
 
@@ -231,10 +223,13 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
     Raises:
         ValueError: unknown layout, missing or unexpected keys, another patch size or width, or a file
             that would need unpickling code.
+        FileNotFoundError: no such file, or ``hf-hub:`` weights neither cached nor downloadable.
     """
     text = os.fspath(source)
     if text.startswith("torchvision:"):
         state = torchvision_state_dict(text.removeprefix("torchvision:"), model)
+    elif text.startswith(HUB_PREFIX):
+        state = read_checkpoint(hub_checkpoint_path(text.removeprefix(HUB_PREFIX)))
     else:
         state = read_checkpoint(source)
     checkpoint_format, prefix = detect_format(state)
@@ -269,6 +264,7 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
     model.reset_classifier(model.num_classes)
     new_head = {f"classifier.head.{name}": value for name, value in model.classifier.head.state_dict().items()}
     model.load_state_dict({**backbone, **(head if head_loaded else new_head)}, strict=True)
+    _warn_on_layer_norm_eps(model, checkpoint_format)
 
     result = LoadedWeights(text, checkpoint_format.name, copied, head_loaded, resampled_from)
     log.info(

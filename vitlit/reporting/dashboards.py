@@ -6,6 +6,7 @@ import io
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -67,6 +68,7 @@ class TensorBoardDashboards(StageResultsCallback):
                 f"callbacks.dashboards.attention={attention!r} is not one of: {', '.join(ATTENTION_METHODS)} (or null)"
             )
         self.attention = attention
+        self._frozen_maps: dict[str, torch.Tensor] = {}
 
     def active(self, trainer: L.Trainer, stage: str) -> bool:
         if tensorboard_writer(trainer) is None:
@@ -75,7 +77,7 @@ class TensorBoardDashboards(StageResultsCallback):
         return stage != "val" or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
 
     def on_stage_end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, summary: StageSummary) -> None:
-        maps = self._attention(trainer, pl_module, summary)  # on every process: sharded models need them all
+        maps = self._attention(trainer, pl_module, summary, stage)  # on every process: sharded models need them all
         if not trainer.is_global_zero:
             return
         writer = tensorboard_writer(trainer)
@@ -101,15 +103,22 @@ class TensorBoardDashboards(StageResultsCallback):
         if stage == "test":
             self._log_per_class(trainer, stage, summary)
 
-    def _attention(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: StageSummary):
+    def _attention(self, trainer: L.Trainer, pl_module: L.LightningModule, summary: StageSummary, stage: str):
         model = getattr(pl_module, "model", None)
         if self.attention is None or model is None or not len(summary.labels):
             return None
+        # A frozen backbone's attention on the stage's fixed sample never changes: drawn once, not every epoch.
+        frozen = getattr(pl_module, "freeze_backbone", False)
+        if frozen and stage in self._frozen_maps:
+            return self._frozen_maps[stage]
         parameter = next(model.parameters())
         images = summary.images.to(device=parameter.device, dtype=parameter.dtype)
         with trainer.precision_plugin.forward_context():
             _, _, maps = attention_maps(model, images, self.attention)
-        return maps.float().cpu()
+        maps = maps.float().cpu()
+        if frozen:
+            self._frozen_maps[stage] = maps
+        return maps
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "val" in self.summaries and trainer.is_global_zero and tensorboard_writer(trainer) is not None:

@@ -20,6 +20,7 @@ from vitlit.models.vit import ViT
 from vitlit.models.weights import load_pretrained
 from vitlit.private_api import is_compiled, mark_batch_dynamic
 from vitlit.training.compat import upgrade_module_hparams, upgrade_net
+from vitlit.training.feature_cache import FeatureCache
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]  # called as factory(optimizer, total_steps=...)
@@ -111,15 +112,22 @@ class ViTClassifier(L.LightningModule):
         if freeze_backbone:
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
+            # Lightning restores each submodule's own mode after validation, so the backbone starts in eval mode
+            # (no dropout in a frozen feature extractor) and train() below keeps it there.
+            self.model.eval()
+            self.model.classifier.head.train()
 
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
         self.example_input_array = torch.zeros(1, 3, self.model.image_size, self.model.image_size)
+        self.feature_cache: FeatureCache | None = None  # set by FrozenFeatureCache when the features repeat
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), uint8 or already normalised float -> logits (B, num_classes)."""
+        if self.feature_cache is not None:  # a frozen backbone's features, computed once per image
+            return self.model.classifier.head(self.feature_cache(self.normalize(images), self.model.pre_logits))
         return self.model(self.normalize(images))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # The module, not the data module, normalises batches (its checkpoint holds mean/std): that is intended.
     warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule` but")
+    # A frozen backbone is kept in eval mode on purpose (no dropout in a feature extractor): ViTClassifier.train().
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _scalars(trainer.callback_metrics)
     fit_steps = trainer.global_step
