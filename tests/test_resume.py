@@ -1,5 +1,6 @@
 """Resume and reproducibility: seeds, ckpt_path=last after a crash mid-epoch, and the run-folder guard."""
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,21 @@ def test_existing_run_folder_stops_train_py_before_it_writes(tmp_path: Path):
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and f"{run} already holds a run" in result.stderr
     assert [p.name for p in run.iterdir()] == ["train.log"] and (run / "train.log").read_text() == "an earlier run\n"
+
+
+def test_resuming_with_more_epochs_goes_on_down_the_schedule_to_min_lr_at_the_new_end(tmp_path: Path, caplog):
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 6, "dog": 6}, "test": {"cat": 3, "dog": 3}})
+    schedule = ["model.scheduler.warmup=2", "model.scheduler.min_lr=1e-5"]
+    train(compose_config([*RUN, f"data.root={root}", *schedule], output_dir=tmp_path / "run"))
+    longer = [*RUN, f"data.root={root}", *schedule, "trainer.max_epochs=4", "ckpt_path=last"]
+    with caplog.at_level("INFO", logger="vitlit"):
+        train(compose_config(longer, output_dir=tmp_path / "run"))
+    assert "schedule now spans 12 steps, was 6 (resumed at step 6)" in caplog.text
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rates = [event.value for event in sorted(events.Scalars("lr/decay"), key=lambda event: event.step)]
+    assert len(rates) == 12 and rates[1] < rates[2]  # warmup, then the peak at step 2
+    assert all(a >= b for a, b in itertools.pairwise(rates[2:]))  # never back up, across the resume
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == 12
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)  # min_lr at the end

@@ -33,3 +33,57 @@ def test_warmup_can_be_a_step_count_and_zero_warmup_is_pure_cosine():
     rates = learning_rates(20, warmup=0, min_lr=0.1)
     assert rates[0] == pytest.approx(1.0)
     assert rates[10] == pytest.approx(0.55)
+
+
+def resumed_learning_rates(first_steps: int, done: int, new_steps: int, **kwargs) -> tuple[list[float], list[float]]:
+    """Rates of a run of ``first_steps`` stopped after ``done`` steps, then of its resume as a run of ``new_steps``
+    (a fresh scheduler loading the first one's state, as Lightning does), to the new end and one step past it."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps=first_steps, **kwargs)
+    before = []
+    for _ in range(done):
+        before.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    resumed = warmup_cosine(optimizer, total_steps=new_steps, **kwargs)
+    resumed.load_state_dict(state)
+    after = []
+    for _ in range(done, new_steps + 1):
+        after.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        resumed.step()
+    return before, after
+
+
+@pytest.mark.parametrize("new_steps", [40, 400, 14, 20])  # more epochs (400: a longer warmup), fewer, the same
+@pytest.mark.parametrize("warmup", [0.1, 3])  # a fraction, a step count
+def test_a_resumed_schedule_goes_on_from_its_rate_to_min_lr_at_the_new_end(new_steps: int, warmup):
+    before, after = resumed_learning_rates(20, 10, new_steps, warmup=warmup, min_lr=0.05)
+    assert after[0] == pytest.approx(learning_rates(20, warmup=warmup, min_lr=0.05)[10])  # where it was
+    assert all(a >= b for a, b in itertools.pairwise(after))  # never back up
+    assert after[-1] == pytest.approx(0.05)  # min_lr at the new end
+    if new_steps == 20:  # the same length: exactly the uninterrupted run
+        assert before + after[:-1] == learning_rates(20, warmup=warmup, min_lr=0.05)
+
+
+def test_a_resume_past_the_new_end_is_refused_and_anothers_scheduler_state_is_replaced(caplog):
+    with pytest.raises(ValueError, match=r"at step 10, past this run's last step \(8\)"):
+        resumed_learning_rates(20, 10, 8)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    old = torch.optim.lr_scheduler.SequentialLR(  # vitlit 06f6cff's warmup + cosine
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=2),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 18),
+        ],
+        milestones=[2],
+    )
+    for _ in range(5):
+        optimizer.step()
+        old.step()
+    scheduler = warmup_cosine(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=30)
+    with caplog.at_level("INFO", logger="vitlit"):
+        scheduler.load_state_dict(old.state_dict())
+    assert scheduler.last_epoch == 5 and "another scheduler's" in caplog.text
