@@ -180,5 +180,5 @@ def test_todays_keys_pass_the_removed_key_check():
 def test_train_py_stops_on_a_removed_key_with_the_message_alone(tmp_path: Path):
     command = [sys.executable, str(REPO_ROOT / "train.py"), "-m", "model.sam_rho=0,0.05"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and result.stderr.strip() == removed_key_message(["model.sam_rho=0"])
+    assert result.returncode == 1 and result.stderr.strip() == f"Error: {removed_key_message(['model.sam_rho=0'])}"
     assert not (tmp_path / "outputs").exists()

@@ -25,6 +25,7 @@ from vitlit.training.checkpoints import (
     read_checkpoint,
 )
 from vitlit.training.trainer import build_trainer, finish_loggers
+from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
-    return evaluate(cfg)["test/acc"]
+    with user_errors_as_messages():
+        return evaluate(cfg)["test/acc"]
 
 
 if __name__ == "__main__":

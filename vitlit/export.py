@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     output = Path(args.output).expanduser()
     if output.exists():  # checked before the (slow) checkpoint load
-        parser.exit(1, f"error: {output} already exists; choose a new file name (vitlit never overwrites one)\n")
-    if not Path(args.checkpoint).is_file():
-        parser.exit(1, f"error: no checkpoint at {args.checkpoint}\n")
-    module = classifier_from_checkpoint(read_checkpoint(args.checkpoint))
-    log.info("classes (output order): %s", ", ".join(module.hparams.class_names))
-    return export_weights(module.model, output, args.layout)
+        parser.exit(1, f"Error: {output} already exists; choose a new file name (vitlit never overwrites one)\n")
+    from vitlit.user_errors import user_errors_as_messages  # imports Lightning: for the command line only
+
+    with user_errors_as_messages():
+        module = classifier_from_checkpoint(read_checkpoint(args.checkpoint))
+        log.info("classes (output order): %s", ", ".join(module.hparams.class_names))
+        return export_weights(module.model, output, args.layout)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from vitlit.training.checkpoints import (
     classifier_from_checkpoint,
     read_checkpoint,
 )
+from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ def main(cfg: DictConfig) -> None:
         for handler in logging.getLogger().handlers:
             if isinstance(handler, RichConsoleHandler):
                 handler.setLevel(logging.WARNING)
-    records = predict(cfg)
+    with user_errors_as_messages():
+        records = predict(cfg)
     if cfg.json:
         print(json.dumps([{key: r[key] for key in ("path", "predictions")} for r in records], indent=2))
     else:
