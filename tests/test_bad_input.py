@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from vitlit.data.checks import find_bad_images
 from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.data.image_folder import load_rgb, scan_split
 from vitlit.training.checkpoints import check_checkpoint_fits, load_backbone
-from vitlit.training.config_checks import check_config_types
+from vitlit.training.config_checks import check_config_types, check_config_values
 from vitlit.training.module import ViTClassifier
 
 MICRO_NET = {"embed_dim": 64, "depth": 1, "num_heads": 4, "mlp_dim": 128, "image_size": 32, "patch_size": 16}
@@ -377,3 +378,33 @@ def test_train_script_reports_bad_images_without_a_traceback_through_lightning(f
     assert all(str(path) in result.stderr for path in bad)
     assert "site-packages" not in result.stderr  # no frames from Lightning or Hydra
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
+        ("data.num_workers=-2", "data.num_workers=-2 must be 0 or more"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 must be above 0"),
+        ("model.optimizer.lr=-1e-3", "model.optimizer.lr=-0.001 must be above 0"),
+        ("model.optimizer.weight_decay=-0.1", "model.optimizer.weight_decay=-0.1 must be 0 or more"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be at least 1"),
+        ("data.eval_crop_fraction=1.5", "data.eval_crop_fraction=1.5 must be in (0, 1]"),
+        ("data.eval_crop_fraction=[0.875,0]", "data.eval_crop_fraction=[0.875, 0] must be in (0, 1]"),
+        ("data.train_crop_scale=[0.9,0.1]", "data.train_crop_scale=[0.9, 0.1] must be [min, max]"),
+        ("model.net.dropout=1.0", "model.net.dropout=1.0 must be a probability in [0, 1)"),
+        ("model.net.drop_path_rate=-0.1", "model.net.drop_path_rate=-0.1 must be a probability"),
+        ("model.label_smoothing=1.0", "model.label_smoothing=1.0 must be in [0, 1)"),
+    ],
+)
+def test_impossible_numbers_are_named_before_anything_is_built(tmp_path: Path, override: str, named: str):
+    cfg = compose_config([*TINY_RUN, "data.root=x", override], output_dir=tmp_path)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        check_config_values(cfg)
+
+
+@pytest.mark.parametrize(
+    "preset", [[], ["experiment=scratch"], ["experiment=finetune"], ["experiment=reference_scratch"], ["model=vit_s16"]]
+)
+def test_the_shipped_presets_have_possible_numbers(tmp_path: Path, preset: list[str]):
+    check_config_values(compose_config([*preset, "data.root=x"], output_dir=tmp_path))

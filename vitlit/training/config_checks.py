@@ -1,4 +1,5 @@
-"""Checks config values against the type hints of the classes they configure, before anything is built.
+"""Checks config values, before anything is built: against the type hints of the classes they configure, and
+the numbers a user types against the ranges where they mean something.
 
 ``data.batch_size=abc`` would otherwise fail deep inside a constructor as ``'<' not supported between
 instances of 'str' and 'int'``; here it becomes ``data.batch_size='abc' is a str; ImageFolderDataModule
@@ -121,4 +122,62 @@ def check_config_types(cfg: DictConfig) -> None:
             "config values of the wrong type:\n"
             + "\n".join(f"  {problem}" for problem in problems)
             + "\nFix them on the command line or in conf/ (quote strings that look like numbers)."
+        )
+
+
+def _fractions(value: Any) -> bool:
+    return all(0 < v <= 1 for v in (value if isinstance(value, (list, tuple)) else [value]))
+
+
+def _probability(value: Any) -> bool:
+    return 0 <= value < 1
+
+
+# Key -> (whether a value is possible, what it must be). Keys a config does not have are skipped.
+VALUE_RANGES: dict[str, tuple[Any, str]] = {
+    "data.batch_size": (lambda v: v >= 1, "at least 1"),
+    "data.num_workers": (lambda v: v is None or v >= 0, "0 or more (null: one per CPU core)"),
+    "data.eval_crop_fraction": (_fractions, "in (0, 1], or a list of such"),
+    "data.train_crop_scale": (
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+        "[min, max] with 0 < min <= max <= 1",
+    ),
+    "data.horizontal_flip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "model.optimizer.lr": (lambda v: v > 0, "above 0"),
+    "model.optimizer.weight_decay": (lambda v: v >= 0, "0 or more"),
+    "model.label_smoothing": (_probability, "in [0, 1)"),
+    "model.net.dropout": (_probability, "a probability in [0, 1)"),
+    "model.net.attention_dropout": (_probability, "a probability in [0, 1)"),
+    "model.net.drop_path_rate": (_probability, "a probability in [0, 1)"),
+    "model.net.patch_drop_rate": (_probability, "in [0, 1)"),
+    "model.scheduler.warmup": (lambda v: v >= 0, "0 or more (a step count, or a fraction below 1)"),
+    "model.scheduler.min_lr": (lambda v: v >= 0, "0 or more"),
+    "trainer.max_epochs": (lambda v: v is None or v == -1 or v >= 1, "at least 1 (-1: no limit)"),
+    "trainer.accumulate_grad_batches": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def check_config_values(cfg: DictConfig) -> None:
+    """Raise one ``ValueError`` listing every number of ``VALUE_RANGES`` that cannot work (after the type check)."""
+    problems = []
+    for key, (possible, requirement) in VALUE_RANGES.items():
+        try:
+            node = OmegaConf.select(cfg, key, throw_on_missing=False)
+            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except OmegaConfBaseException:
+            continue
+        if value is None and OmegaConf.select(cfg, key, default="absent") == "absent":
+            continue
+        try:
+            ok = possible(value)
+        except TypeError:
+            continue  # a wrong type: check_config_types names it
+        if not ok:
+            problems.append(f"{key}={value!r} must be {requirement}")
+    if problems:
+        raise ValueError(
+            "config values that cannot work:\n"
+            + "\n".join(f"  {problem}" for problem in problems)
+            + "\nFix them on the command line or in conf/."
         )

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitlit.reporting.metrics_file import write_metrics_file
 from vitlit.reporting.report import RunReport
 from vitlit.training.checkpoints import check_checkpoint_fits, load_backbone
-from vitlit.training.config_checks import check_config_types
+from vitlit.training.config_checks import check_config_types, check_config_values
 from vitlit.training.trainer import build_trainer, finish_loggers
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the final metrics by name (``train/loss``, ``val/acc``, ``val/acc_best``, ``test/acc``, ...).
     """
     check_config_types(cfg)
+    check_config_values(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
