@@ -408,3 +408,20 @@ def test_impossible_numbers_are_named_before_anything_is_built(tmp_path: Path, o
 )
 def test_the_shipped_presets_have_possible_numbers(tmp_path: Path, preset: list[str]):
     check_config_values(compose_config([*preset, "data.root=x"], output_dir=tmp_path))
+
+
+def test_a_data_root_that_is_a_file_is_named(tmp_path: Path):
+    (tmp_path / "images.zip").write_bytes(b"PK")
+    with pytest.raises(NotADirectoryError, match=r"data.root=.*images.zip is a file, not a folder"):
+        datamodule(tmp_path / "images.zip").prepare_data()
+
+
+def test_names_with_spaces_accents_and_brackets_folders_named_like_images_and_link_loops(tmp_path: Path):
+    root = make_image_folder(tmp_path / "my images", {"train": {"cat [1] é": 3, "dog x": 3}, "test": {"dog x": 1}})
+    (root / "test" / "cat [1] é").mkdir()
+    write_image(root / "test" / "cat [1] é" / "photo (2) ü.jpg", (200, 60, 40), (48, 48), 0)
+    (root / "train" / "dog x" / "folder.jpg").mkdir()  # a folder named like an image: not an image
+    (root / "train" / "dog x" / "loop").symlink_to(root / "train")  # a scan must terminate
+    data = datamodule(root)
+    data.setup("fit")
+    assert data.class_names == ("cat [1] é", "dog x") and len(data.datasets["train"]) == 6

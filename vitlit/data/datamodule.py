@@ -125,6 +125,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.datasets: dict[str, ImageFolderDataset] = {}
 
     def prepare_data(self) -> None:
+        if self.root.is_file():
+            raise NotADirectoryError(
+                f"data.root={self.root} is a file, not a folder; point data.root at a folder laid out like "
+                "<root>/train/<class>/*.jpg (a .zip must be extracted first)"
+            )
         if self.root.exists():
             return
         if not self.download:
