@@ -90,6 +90,7 @@ def test_an_infinite_loss_stops_too(tmp_path: Path):
     trainer = SimpleNamespace(
         optimizers=[optimizer],
         checkpoint_callbacks=[checkpoint],
+        world_size=1,
         global_step=7,
         current_epoch=1,
         fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),

@@ -1,6 +1,7 @@
 """Never lose work: atomic checkpoint files, a resumable checkpoint on Ctrl-C or SIGTERM, a clean stop on NaN/Inf loss.
 
 All three are Lightning plug-ins, switched on in ``conf/trainer/default.yaml`` and ``conf/callbacks/default.yaml``.
+A NaN/Inf loss on one DDP rank stops every rank at the same step, with the same message.
 """
 
 from __future__ import annotations
@@ -58,21 +59,42 @@ class NonFiniteLossError(RuntimeError):
 class StopOnNonFiniteLoss(L.Callback):
     """Stops training before the backward pass of a NaN or infinite loss, naming the step and the learning rate.
 
-    The weights are never updated with that loss, and the checkpoints already written stay as they are.
+    The weights are never updated with that loss, and the checkpoints already written stay as they are. With
+    several processes (DDP, FSDP) every rank stops at the same step with the same message, naming the rank(s) that
+    saw the bad loss: one all-reduce of ``world_size`` numbers per step shares every rank's loss. Stopping one rank
+    alone would leave the others waiting in their next collective.
     """
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if math.isfinite(value):
+        losses = _loss_on_every_rank(trainer, loss)
+        bad = {rank: value for rank, value in enumerate(losses) if not math.isfinite(value)}
+        if not bad:
             return
+        if len(losses) == 1:
+            what = f"{bad[0]}"
+        else:
+            ranks = ", ".join(f"{value} on rank {rank}" for rank, value in bad.items())
+            what = f"{ranks} (of {len(losses)} processes)"
         rates = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
         last = _newest_checkpoint(trainer)
+        if len(losses) > 1:  # rank 0 wrote the checkpoints; name its file on every rank
+            last = trainer.strategy.broadcast(last, src=0)
         raise NonFiniteLossError(
-            f"training loss is {value} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
+            f"training loss is {what} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
             f"batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready}); learning rate {rates[0]:.3g}. "
             f"Stopped without applying it. Last good checkpoint: {last or 'none saved yet'}. "
             "Try a lower model.optimizer.lr, a longer warm-up (model.scheduler.warmup) or trainer.precision=32-true."
         )
+
+
+def _loss_on_every_rank(trainer: L.Trainer, loss: torch.Tensor) -> list[float]:
+    """This step's loss on every process, in rank order (one all-reduce when there are several, none otherwise)."""
+    if trainer.world_size == 1:
+        return [float(loss.detach())]
+    # Each rank fills its own slot; a sum puts every rank's loss in every rank's vector (NaN + 0 stays NaN).
+    losses = torch.zeros(trainer.world_size, device=loss.device)
+    losses[trainer.global_rank] = loss.detach().float()
+    return trainer.strategy.reduce(losses, reduce_op="sum").tolist()
 
 
 class SaveOnInterrupt(L.Callback):
