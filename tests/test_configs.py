@@ -23,7 +23,8 @@ def options(group: str) -> list[str]:
     + [f"debug={option}" for option in options("debug")],
 )  # fmt: skip
 def test_every_config_option_composes_and_resolves(override: str, tmp_path: Path):
-    cfg = compose_config([override, f"data.root={tmp_path}"], output_dir=tmp_path)
+    data_location = f"data.input_dir={tmp_path}" if override == "data=streaming" else f"data.root={tmp_path}"
+    cfg = compose_config([override, data_location], output_dir=tmp_path)
     for section in ("data", "model", "trainer", "callbacks", "logger"):
         assert cfg[section] is not None
     assert cfg.data.image_size == cfg.model.net.image_size

@@ -7,6 +7,7 @@ training history, metrics.json) and TensorBoard events into its own run folder,
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vitlit.data.datamodule import ImageFolderDataModule
+from vitlit.data.streaming import StreamingDataModule
 from vitlit.reporting.report import RunReport
 from vitlit.training.checkpoints import (
     EVAL_TRANSFORM_KEYS,
@@ -44,11 +46,18 @@ def data_arguments(checkpoint: dict[str, Any], data: DictConfig | None) -> dict[
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         if value is not None:
             arguments[key] = value
-    if "root" not in arguments:
+    if "root" not in arguments and "input_dir" not in arguments:
         raise ValueError(
             "the checkpoint does not record its data folder; pass data=image_folder data.root=/path/to/images"
         )
     return arguments
+
+
+def data_module(arguments: dict[str, Any]) -> ImageFolderDataModule | StreamingDataModule:
+    """The data module the arguments describe: an image folder (``root``) or LitData shards (``input_dir``)."""
+    cls = ImageFolderDataModule if "root" in arguments else StreamingDataModule
+    accepted = inspect.signature(cls).parameters  # a checkpoint of one kind evaluated on data of the other
+    return cls(**{key: value for key, value in arguments.items() if key in accepted})
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -58,11 +67,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """
     checkpoint = read_checkpoint(cfg.ckpt_path)
     module = classifier_from_checkpoint(checkpoint)
-    datamodule = ImageFolderDataModule(**data_arguments(checkpoint, cfg.get("data")))
+    datamodule = data_module(data_arguments(checkpoint, cfg.get("data")))
     datamodule.prepare_data()
     if tuple(datamodule.class_names) != class_names(checkpoint):
+        source = datamodule.root / "train" if hasattr(datamodule, "root") else datamodule.input_dir
         raise ValueError(
-            f"the checkpoint was trained on the classes {list(class_names(checkpoint))}, but {datamodule.root}/train "
+            f"the checkpoint was trained on the classes {list(class_names(checkpoint))}, but {source} "
             f"holds {list(datamodule.class_names)}; evaluate on images of the same classes"
         )
 

@@ -100,9 +100,16 @@ def find_bad_images(paths: Iterable[str], cache_file: Path | None = None, worker
 
 
 def drop_bad_images(
-    splits: Mapping[str, ImageFolderSplit], policy: str, root: Path, workers: int = 1
+    splits: Mapping[str, ImageFolderSplit],
+    policy: str,
+    root: Path,
+    workers: int = 1,
+    skip_option: str = "data.bad_images=skip",
 ) -> dict[str, ImageFolderSplit]:
-    """Check every image of ``splits`` and apply ``policy`` (``error`` or ``skip``); return the kept splits."""
+    """Check every image of ``splits`` and apply ``policy`` (``error`` or ``skip``); return the kept splits.
+
+    ``skip_option`` is how the command the user ran asks for ``skip``.
+    """
     paths = sorted({path for split in splits.values() for path, _ in split.samples})
     bad = find_bad_images(paths, cache_file_for(root), workers)
     if not bad:
@@ -111,11 +118,9 @@ def drop_bad_images(
     if policy == "error":
         raise ValueError(
             f"{len(bad)} of {len(paths)} images cannot be decoded:\n{listing}\n"
-            "Replace or delete them, or set data.bad_images=skip to train without them."
+            f"Replace or delete them, or pass {skip_option} to leave them out."
         )
-    log.warning(
-        "skipping %d of %d images that cannot be decoded (data.bad_images=skip):\n%s", len(bad), len(paths), listing
-    )
+    log.warning("skipping %d of %d images that cannot be decoded (%s):\n%s", len(bad), len(paths), skip_option, listing)
     kept = {}
     for name, split in splits.items():
         kept[name] = dataclasses.replace(split, samples=tuple(s for s in split.samples if s[0] not in bad))

@@ -31,7 +31,7 @@ from vitlit.data.image_folder import (
     scan_split,
     stratified_split,
 )
-from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_fractions, eval_transform, train_transform
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipelines
 
 log = logging.getLogger(__name__)
 
@@ -100,25 +100,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.mean, self.std = tuple(mean), tuple(std)
-        fractions = crop_fractions(eval_crop_fraction)
-        self.eval_transform = eval_transform(image_size, fractions, interpolation, mean, std, normalize=False)
-        if train_augment:
-            self.train_transform = train_transform(
-                image_size,
-                train_crop_scale,
-                horizontal_flip,
-                auto_augment,
-                interpolation,
-                mean,
-                std,
-                normalize=False,
-                random_erasing=random_erasing,
-            )
-        elif len(fractions) == 1:
-            self.train_transform = self.eval_transform
-        else:  # one view: training batches stay (B, 3, S, S)
-            self.train_transform = eval_transform(image_size, fractions[0], interpolation, mean, std, normalize=False)
-        self.draft_size = round(image_size / min(fractions)) if fast_decode else None
+        self.train_transform, self.eval_transform, self.draft_size = pipelines(
+            image_size,
+            train_augment,
+            train_crop_scale,
+            horizontal_flip,
+            auto_augment,
+            random_erasing,
+            eval_crop_fraction,
+            interpolation,
+            mean,
+            std,
+            fast_decode,
+        )
         self.cache = cache
         self.drop_last = drop_last
         self.splits: dict[str, ImageFolderSplit] = {}

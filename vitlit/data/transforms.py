@@ -7,6 +7,7 @@ and the LightningModule normalises them there.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torchvision.transforms import v2
@@ -89,6 +90,49 @@ def eval_transform(
         for fraction in crop_fractions(crop_fraction)
     ]
     return views[0] if len(views) == 1 else StackedViews(views)
+
+
+class Pipelines(NamedTuple):
+    """A data module's transforms on uint8 images, and the size JPEGs may be draft-decoded at (None: full size)."""
+
+    train: v2.Compose | StackedViews
+    eval: v2.Compose | StackedViews
+    draft_size: int | None
+
+
+def pipelines(
+    image_size: int,
+    train_augment: bool,
+    train_crop_scale: Sequence[float],
+    horizontal_flip: float,
+    auto_augment: str | None,
+    random_erasing: float,
+    eval_crop_fraction: float | Sequence[float],
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    fast_decode: bool,
+) -> Pipelines:
+    """The train and eval transforms of a data module (unnormalised: the model normalises on the device)."""
+    fractions = crop_fractions(eval_crop_fraction)
+    evaluation = eval_transform(image_size, fractions, interpolation, mean, std, normalize=False)
+    if train_augment:
+        training = train_transform(
+            image_size,
+            train_crop_scale,
+            horizontal_flip,
+            auto_augment,
+            interpolation,
+            mean,
+            std,
+            normalize=False,
+            random_erasing=random_erasing,
+        )
+    elif len(fractions) == 1:
+        training = evaluation
+    else:  # one view: training batches stay (B, 3, S, S)
+        training = eval_transform(image_size, fractions[0], interpolation, mean, std, normalize=False)
+    return Pipelines(training, evaluation, round(image_size / min(fractions)) if fast_decode else None)
 
 
 def crop_fractions(crop_fraction: float | Sequence[float]) -> tuple[float, ...]:

@@ -124,10 +124,13 @@ def _stage_size(dataloaders: object, num_batches: object) -> int:
     """Images one process sees in a stage: the dataset's length, capped by ``limit_*_batches``."""
     loader = dataloaders[0] if isinstance(dataloaders, (list, tuple)) else dataloaders
     batches = num_batches[0] if isinstance(num_batches, (list, tuple)) else num_batches
-    try:
-        size = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
-    except TypeError:  # an iterable dataset without a length
-        return 0
+    size = 0
+    for sized in (getattr(loader, "sampler", None), loader.dataset):  # LitData's loader: no sampler, a sized dataset
+        try:
+            size = len(sized)
+            break
+        except TypeError:  # None, or an iterable without a length
+            continue
     if batches is not None and math.isfinite(batches) and loader.batch_size:
         size = min(size, int(batches) * loader.batch_size)
     return size
