@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from vitlit.data.image_folder import load_rgb
+from vitlit.data.image_folder import IMAGE_EXTENSIONS, load_rgb
 from vitlit.data.transforms import eval_transform
 from vitlit.eval import evaluate
 from vitlit.predict import image_files, predict
@@ -165,29 +165,62 @@ def test_files_that_are_not_vitlit_checkpoints_are_clear_errors(tmp_path):
     write_image(tmp_path / "photo.jpg", (0, 0, 0), (40, 40), 0)
     (tmp_path / "config.yaml").write_text("model:\n  depth: 2\n")
     for name in ("photo.jpg", "config.yaml"):
-        with pytest.raises(ValueError, match=rf"{name} is not a vitlit checkpoint: torch\.load cannot read it"):
+        with pytest.raises(ValueError, match=rf"{name} is not a vitlit checkpoint: it cannot be read"):
             read_checkpoint(tmp_path / name)
     torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match=r"other\.ckpt is not a vitlit checkpoint: it lacks .*'net' and 'class_names'"):
         read_checkpoint(tmp_path / "other.ckpt")
 
 
-def test_predict_inputs_that_are_not_images_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no file or folder at .*nowhere\.jpg"):
-        image_files([str(tmp_path / "nowhere.jpg")])
+def test_predict_inputs_that_name_no_image_are_each_named_with_the_reason(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match=r"notes\.txt is not an image file"):
-        image_files([str(tmp_path / "notes.txt")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"folder .*empty holds no images"):
-        image_files(str(tmp_path / "empty"))
+    write_image(tmp_path / "photo.jpg", (0, 0, 0), (40, 40), 0)
+    inputs = [str(tmp_path / name) for name in ("nowhere.jpg", "notes.txt", "empty", "photo.jpg")]
+    files, problems = image_files(inputs)
+    assert files == {(tmp_path / "photo.jpg").resolve(): Path("photo.jpg")}
+    assert problems == {
+        tmp_path / "nowhere.jpg": "no file or folder there",
+        tmp_path / "notes.txt": f"not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})",
+        tmp_path / "empty": f"a folder without images ({', '.join(sorted(IMAGE_EXTENSIONS))})",
+    }
 
 
-def run_module(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+def test_predict_classifies_the_good_inputs_names_every_bad_one_and_exits_1(trained, tmp_path):
+    root, checkpoint = trained
+    good = sorted((root / "test" / "cat").glob("*.jpg"))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "broken.jpg").write_bytes(good[0].read_bytes()[:200])
+    bad = [tmp_path / "empty.jpg", tmp_path / "broken.jpg", tmp_path / "missing.jpg"]
+    inputs = "[" + ",".join(str(path) for path in [good[0], *bad, good[1]]) + "]"
+    result = run_module(
+        "vitlit.predict", f"ckpt_path={checkpoint}", f"inputs={inputs}", "json=true", "annotate=false",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, status=1,
+    )  # fmt: skip
+    printed = json.loads(result.stdout)
+    assert [Path(entry["path"]).name for entry in printed if "predictions" in entry] == [good[0].name, good[1].name]
+    errors = {Path(entry["path"]).name: entry["error"] for entry in printed if "error" in entry}
+    assert errors.keys() == {"empty.jpg", "broken.jpg", "missing.jpg"}
+    assert errors["missing.jpg"] == "no file or folder there" and errors["broken.jpg"].startswith("cannot be decoded")
+    last_line = result.stderr.rstrip().splitlines()[-1]
+    assert last_line.startswith("Error: 3 of 5 inputs could not be classified: ")
+    assert all(str(path) in last_line for path in bad) and "Traceback" not in result.stderr
+    saved = json.loads((tmp_path / "run" / "predictions.json").read_text())
+    assert {Path(entry["path"]).name: entry["error"] for entry in saved if "error" in entry} == errors
+    assert [len(entry["probabilities"]) for entry in saved if "error" not in entry] == [3, 3]
+    everything_bad = run_module(
+        "vitlit.predict", f"ckpt_path={checkpoint}", f"inputs=[{bad[0]},{bad[2]}]",
+        f"hydra.run.dir={tmp_path / 'bad_run'}", cwd=tmp_path, status=1,
+    )  # fmt: skip
+    assert "Error: none of the inputs could be classified:" in everything_bad.stderr
+    assert not (tmp_path / "bad_run" / "predictions.json").exists()  # nothing that looks like a result
+
+
+def run_module(module: str, *overrides: str, cwd: Path, status: int = 0) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", module, *overrides]
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's vitlit, wherever it runs
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=environment)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == status, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,30 +36,34 @@ from vitlit.user_errors import user_errors_as_messages
 log = logging.getLogger(__name__)
 
 
-def image_files(inputs: str | Sequence[str]) -> dict[Path, Path]:
+def image_files(inputs: str | Sequence[str]) -> tuple[dict[Path, Path], dict[Path, str]]:
     """Image files named by ``inputs`` -> a short name for each: files as given (named by their file name),
     folders searched recursively in sorted order (named ``<folder>/<path inside it>``). Duplicates are dropped.
 
-    Raises for a missing path, a file that is not an image and a folder without images.
+    Also returns the inputs that name no image (a missing path, a file that is not an image, a folder without
+    images) -> why, so that the good ones are still classified.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
     files: dict[Path, Path] = {}
+    problems: dict[Path, str] = {}
+    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
     for entry in inputs:
         path = Path(str(entry)).expanduser()
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if is_image(p, path))
             if not found:
-                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                problems[path] = f"a folder without images ({extensions})"
             for file in found:
                 files.setdefault(file.resolve(), Path(path.resolve().name) / file.relative_to(path))
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise ValueError(f"{path} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            files.setdefault(path.resolve(), Path(path.name))
+                problems[path] = f"not an image file ({extensions})"
+            else:
+                files.setdefault(path.resolve(), Path(path.name))
         else:
-            raise FileNotFoundError(f"no file or folder at {path}; inputs=[photo.jpg,folder/] takes images and folders")
-    return files
+            problems[path] = "no file or folder there"
+    return files, problems
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,15 +96,16 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Classify every image of ``cfg.inputs`` with the checkpoint ``cfg.ckpt_path``.
 
     Returns one record per image: ``path``, ``predictions`` (the top ``cfg.top_k`` as ``{"class", "probability"}``),
-    ``probabilities`` (every class) and ``annotated`` (the titled copy, when ``cfg.annotate``). Also writes
-    them to ``<cfg.paths.output_dir>/predictions.json``.
+    ``probabilities`` (every class) and ``annotated`` (the titled copy, when ``cfg.annotate``); then one record
+    ``{"path", "error"}`` per input that could not be classified (missing, not an image, undecodable). Also writes
+    them to ``<cfg.paths.output_dir>/predictions.json``. Raises when no input could be classified.
     """
     checkpoint = read_checkpoint(cfg.ckpt_path)
     names = class_names(checkpoint)
     transform = checkpoint_eval_transform(checkpoint)
     device = resolve_device(cfg.get("device", "auto"))
     module = classifier_from_checkpoint(checkpoint).to(device)
-    names_of_files = image_files(list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs))
+    names_of_files, problems = image_files(list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs))
     files = list(names_of_files)
     top_k = max(1, min(int(cfg.top_k), len(names)))
     output_dir = Path(cfg.paths.output_dir)
@@ -107,13 +113,16 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     log.info("classifying %d images with %s on %s", len(files), cfg.ckpt_path, device)
 
     records = []
-    for batch in _batches(files, int(cfg.batch_size)):
-        images = []
-        for path in batch:
+    for batch_of_files in _batches(files, int(cfg.batch_size)):
+        batch, images = [], []
+        for path in batch_of_files:
             try:
                 images.append(load_rgb(path))
+                batch.append(path)
             except (UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"cannot read the image {path} ({error}); remove it or pass other inputs") from None
+                problems[path] = f"cannot be decoded ({error})"
+        if not batch:
+            continue
         with torch.no_grad():
             inputs_tensor = torch.stack([transform(image) for image in images]).to(device)
             probabilities = module.evaluation_logits(inputs_tensor).float().softmax(dim=-1).cpu()
@@ -133,6 +142,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 record["annotated"] = str(target)
             records.append(record)
 
+    failed = "\n".join(f"  {path}: {why}" for path, why in problems.items())
+    if not records:
+        raise ValueError(f"none of the inputs could be classified:\n{failed}\nPass image files or folders of images.")
+    if problems:
+        log.warning("%d inputs could not be classified:\n%s", len(problems), failed)
+    records += [{"path": str(path), "error": why} for path, why in problems.items()]
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "predictions.json").write_text(json.dumps(records, indent=2) + "\n")
     log.info("predictions: %s", output_dir / "predictions.json")
@@ -147,6 +162,9 @@ def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
         table.add_column(f"#{rank + 1}")
         table.add_column("prob", justify="right")
     for record in records:
+        if "error" in record:
+            table.add_row(record["path"], f"[red]{record['error']}[/red]")
+            continue
         cells = [record["path"]]
         for prediction in record["predictions"]:
             cells += [prediction["class"], f"{prediction['probability']:.3f}"]
@@ -156,18 +174,26 @@ def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    if cfg.json:  # keep stdout parseable: log records go only to the run's log file
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, RichConsoleHandler):
-                handler.setLevel(logging.WARNING)
+    if cfg.json:  # keep stdout parseable: info goes only to the run's log file, warnings to stderr
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, RichConsoleHandler)]:
+            root.removeHandler(handler)
+            to_stderr = logging.StreamHandler(sys.stderr)
+            to_stderr.setLevel(logging.WARNING)
+            to_stderr.setFormatter(handler.formatter)
+            root.addHandler(to_stderr)
     with user_errors_as_messages():
         records = predict(cfg)
     if cfg.json:
-        print(json.dumps([{key: r[key] for key in ("path", "predictions")} for r in records], indent=2))
+        shown = ("path", "predictions", "error")
+        print(json.dumps([{key: r[key] for key in shown if key in r} for r in records], indent=2))
     else:
         console = Console()
         console.width = max(console.width, 120)  # room for long paths when stdout is not a terminal
         console.print(predictions_table(records))
+    failed = [record["path"] for record in records if "error" in record]
+    if failed:  # exit status 1: not every input was classified
+        sys.exit(f"Error: {len(failed)} of {len(records)} inputs could not be classified: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

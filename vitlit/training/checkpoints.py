@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,16 @@ log = logging.getLogger(__name__)
 EVAL_TRANSFORM_KEYS = ("image_size", "eval_crop_fraction", "interpolation", "mean", "std")
 
 
+def _check_zip_records(path: Path) -> None:
+    """Raise if a record of the zip archive torch.save writes fails its CRC (torch.load does not check them, so a
+    corrupted file would load as silently wrong weights). Costs one read of the file; other formats pass."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        if (bad := archive.testzip()) is not None:
+            raise ValueError(f"its record {bad} fails its checksum")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file on the CPU; raise a clear error if it is missing or not a vitlit checkpoint.
 
@@ -35,12 +47,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path).expanduser()
     hint = "pass ckpt_path=<run folder>/checkpoints/last.ckpt (or epoch_NNN.ckpt), as written by train.py"
+    if path.is_dir():
+        inside = [str(p) for p in sorted(path.rglob("*.ckpt"))]
+        found = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        raise ValueError(f"ckpt_path={path} is a folder, not a checkpoint file{found}; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; {hint}")
     try:
+        _check_zip_records(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many kinds (UnpicklingError, RuntimeError, IndexError, ...)
-        raise ValueError(f"{path} is not a vitlit checkpoint: torch.load cannot read it ({error}); {hint}") from None
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().split("\n")[0] or type(error).__name__
+        raise ValueError(
+            f"{path} is not a vitlit checkpoint: it cannot be read ({reason}; truncated, corrupt or written by "
+            f"another program?); {hint}"
+        ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
     if (
