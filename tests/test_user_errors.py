@@ -73,6 +73,16 @@ CASES = {
         "Error: ",
         "other.ckpt is not a vitlit checkpoint",
     ),
+    "a run folder that cannot be created (train)": (
+        lambda f: train_py(*TINY_RUN, f"data.root={f['images']}", f"hydra.run.dir={f['notes']}/run"),
+        "Error: cannot create the folder",
+        "notes.txt/run (Not a directory",
+    ),
+    "a run folder that cannot be created (predict)": (
+        lambda f: module("predict", f"inputs={f['images']}", f"hydra.run.dir={f['notes']}/r"),
+        "Error: cannot create the folder",
+        "choose another hydra.run.dir=...",
+    ),
     "export of a file that is not a checkpoint": (
         lambda f: module("export", str(f["notes"]), str(f["tmp"] / "out.safetensors")),
         "Error: ",
@@ -88,6 +98,7 @@ def test_a_user_error_is_one_message_without_a_traceback(files, case: str):
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert start in result.stderr and named in result.stderr, result.stderr
     assert TRACEBACK not in result.stderr + result.stdout
+    assert files["notes"].read_text() == "not a checkpoint"
 
 
 def test_hydra_full_error_shows_the_full_trace(files):

@@ -5,6 +5,8 @@ A Hydra callback (registered in ``conf/hydra/default.yaml``):
 - ``python train.py hydra.run.dir=<existing run>`` stops with an error naming the folder, unless it resumes
   that run (``ckpt_path=last`` or a checkpoint path); a resume keeps the first start's ``.hydra/`` files
   and writes its own to ``.hydra/resume_<time>/``.
+- The default, timestamped run and sweep folders are claimed with an atomic ``mkdir``: runs started in the
+  same second (two terminals, a job array) get ``<time>``, ``<time>_2``, ... and neither is refused.
 - With DDP, Lightning relaunches ``train.py`` for ranks 1..N-1 with ``hydra.run.dir=<rank 0's run dir>``.
   In a multirun that would be the wrong folder and ``-m`` would start a whole sweep per rank, so each job
   points the relaunch at its own folder and its own overrides. Ranks other than 0 write no log file.
@@ -12,9 +14,11 @@ A Hydra callback (registered in ``conf/hydra/default.yaml``):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,38 @@ def process_rank() -> int:
         if os.environ.get(variable):
             return int(os.environ[variable])
     return 0
+
+
+def claim_new_folder(folder: Path) -> Path:
+    """Create and return ``folder``, or ``<folder>_2``, ``<folder>_3``, ... if another run already took it.
+
+    ``mkdir`` either creates a folder or fails, atomically, so processes racing for one name each get their own.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        candidate = folder if number == 1 else folder.with_name(f"{folder.name}_{number}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def _created(create: Callable[[Path], Path | None], folder: Path, key: str) -> Path:
+    """``create(folder)``'s folder (or ``folder``); a folder that cannot be created stops the run, saying why."""
+    try:
+        return create(folder) or folder
+    except OSError as error:  # a file where a folder should be, no permission, a read-only or full disk
+        sys.exit(
+            f"Error: cannot create the folder {folder} ({error.strerror}: {error.filename}); choose another {key}=..., "
+            "or another parent folder for every run with VITLIT_LOG_DIR=/path (paths.log_dir)"
+        )
+
+
+def chosen_by_user(config: DictConfig, key: str) -> bool:
+    """Whether the command line set the Hydra key ``key`` (e.g. ``hydra.run.dir=...``)."""
+    return any(override.split("=", 1)[0].lstrip("+~") == key for override in config.hydra.overrides.hydra)
 
 
 def holds_files(folder: Path) -> bool:
@@ -69,10 +105,14 @@ class RunFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if process_rank() != 0:
             return  # rank 0 created the folder that the other ranks join
+        if not chosen_by_user(config, "hydra.run.dir") and config.get("ckpt_path") != "last":
+            with read_write(config.hydra):
+                config.hydra.run.dir = str(_created(claim_new_folder, Path(config.hydra.run.dir), "hydra.run.dir"))
         try:
             check_run_folder(Path(config.hydra.run.dir), config.get("ckpt_path"))
         except (FileExistsError, FileNotFoundError) as error:
             sys.exit(f"Error: {error}")
+        _created(lambda folder: folder.mkdir(parents=True, exist_ok=True), Path(config.hydra.run.dir), "hydra.run.dir")
         if config.get("ckpt_path") and holds_files(Path(config.hydra.run.dir) / ".hydra"):
             resumed = f"{config.hydra.output_subdir}/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
             with read_write(config.hydra):
@@ -80,6 +120,12 @@ class RunFolder(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not chosen_by_user(config, "hydra.sweep.dir"):
+            sweep_dir = _created(claim_new_folder, sweep_dir, "hydra.sweep.dir")
+            with read_write(config.hydra):
+                config.hydra.sweep.dir = str(sweep_dir)
+                # Every job's config is composed again from these overrides: they carry the claimed folder.
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={sweep_dir}")
         if holds_files(sweep_dir):
             sys.exit(f"Error: {sweep_dir} already holds a sweep; choose a new hydra.sweep.dir")
 
