@@ -1,5 +1,6 @@
 """DDP through train.py: two CPU processes (gloo) share one run folder and log what one process computes."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, TINY_RUN, compose_config, make_image_folder
 from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.training.module import ViTClassifier
@@ -63,3 +65,32 @@ def test_ddp_on_two_cpu_processes_logs_what_one_process_computes(tmp_path: Path)
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run"]
     assert [p.name for p in (run / "tensorboard").iterdir() if p.is_dir()] == []  # one TensorBoard run
+
+
+def test_a_ddp_run_resumed_on_one_process_goes_on_down_its_schedule_to_min_lr(tmp_path: Path):
+    # 16 training images in batches of 4: 2 steps per epoch on each of 2 ranks (a 10% warm-up of 4 steps rounds to
+    # 0 steps: a plain cosine), then 4 steps per epoch on one process (the new 12-step schedule warms up for 1).
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 4, "dog": 4}})
+    run = tmp_path / "run"
+    overrides = [*TINY_RUN, "test=false", "callbacks.model_summary=null", f"data.root={root}", f"hydra.run.dir={run}"]
+    overrides += ["model.scheduler.warmup=0.1", "model.scheduler.min_lr=1e-5", "trainer.accelerator=cpu"]
+    train_py = [sys.executable, str(REPO_ROOT / "train.py"), *overrides]
+    first = subprocess.run(
+        [*train_py, "trainer.devices=2", "trainer.strategy=ddp"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    resumed = subprocess.run(
+        [*train_py, "trainer.devices=1", "trainer.max_epochs=3", "ckpt_path=last"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "Traceback" not in output, output[-3000:]
+    assert "schedule now spans 8 steps, was 4 (resumed at step 4)" in output
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    rates = [event.value for event in sorted(events.Scalars("lr/decay"), key=lambda event: event.step)]
+    assert len(rates) == 8 and all(a >= b for a, b in itertools.pairwise(rates))  # never back up
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 8
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)  # min_lr at the end

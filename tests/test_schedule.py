@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from vitlit.training.schedule import warmup_cosine
+from vitlit.training.schedule import resumed_total_steps, warmup_cosine
 
 
 def learning_rates(steps: int, **kwargs) -> list[float]:
@@ -87,3 +87,31 @@ def test_a_resume_past_the_new_end_is_refused_and_anothers_scheduler_state_is_re
     with caplog.at_level("INFO", logger="vitlit"):
         scheduler.load_state_dict(old.state_dict())
     assert scheduler.last_epoch == 5 and "another scheduler's" in caplog.text
+
+
+def progress(global_step: int, epochs_processed: int, epochs_completed: int, batches: int, last: bool) -> dict:
+    """The parts of a Lightning checkpoint that say how far its run got."""
+    epoch = {"ready": epochs_processed, "started": epochs_processed, "processed": epochs_processed}
+    return {
+        "global_step": global_step,
+        "loops": {
+            "fit_loop": {
+                "epoch_progress": {"current": {**epoch, "completed": epochs_completed}},
+                "epoch_loop.batch_progress": {"current": {"completed": batches}, "is_last_batch": last},
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "estimate", "max_epochs", "accumulate", "total"),
+    [
+        (progress(4, 2, 1, 2, last=True), 12, 3, 1, 8),  # 2 epochs of 2 steps (2 ranks), then 1 of 4 (1 process)
+        (progress(6, 2, 1, 3, last=True), 12, 4, 1, 12),  # the same length: Lightning's estimate
+        (progress(4, 1, 1, 1, last=False), 9, 3, 1, 9),  # mid-epoch 2 of 3-step epochs, the same length
+        (progress(5, 1, 1, 4, last=False), 9, 3, 2, 9),  # mid-epoch, accumulating 2 batches per step
+        ({"global_step": 5}, 12, 3, 1, 12),  # no loop state: the estimate
+    ],
+)
+def test_a_resumed_run_ends_where_its_remaining_epochs_take_it(checkpoint, estimate, max_epochs, accumulate, total):
+    assert resumed_total_steps(checkpoint, estimate, max_epochs, accumulate) == total

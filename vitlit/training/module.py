@@ -21,6 +21,7 @@ from vitlit.models.weights import load_pretrained
 from vitlit.private_api import is_compiled, mark_batch_dynamic
 from vitlit.training.compat import upgrade_module_hparams, upgrade_net
 from vitlit.training.feature_cache import FeatureCache
+from vitlit.training.schedule import resumed_total_steps
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]  # called as factory(optimizer, total_steps=...)
@@ -230,6 +231,7 @@ class ViTClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade_module_hparams(checkpoint.get("hyper_parameters", {}))  # raises on a removed option that mattered
+        self.resumed_from = {key: checkpoint[key] for key in ("loops", "global_step") if key in checkpoint}
         if "val_acc_best" in checkpoint:
             self.val_acc_best.reset()
             self.val_acc_best(checkpoint["val_acc_best"])
@@ -290,7 +292,13 @@ class ViTClassifier(L.LightningModule):
             group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        trainer = self.trainer
+        if getattr(self, "resumed_from", None) and trainer.max_steps == -1:  # epochs, not max_steps, end the run
+            # Lightning restores the loops after this call; the checkpoint's copy says how far the run got.
+            epochs = trainer.max_epochs or 0
+            total_steps = resumed_total_steps(self.resumed_from, total_steps, epochs, trainer.accumulate_grad_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 

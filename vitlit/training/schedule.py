@@ -115,3 +115,19 @@ def warmup_cosine(
 ) -> WarmupCosine:
     """The schedule configs name (``model.scheduler._target_``); see :class:`WarmupCosine`."""
     return WarmupCosine(optimizer, total_steps, warmup, warmup_start_factor, min_lr)
+
+
+def resumed_total_steps(checkpoint: dict[str, Any], total_steps: int, max_epochs: int, accumulate: int = 1) -> int:
+    """The last step of a run resumed from ``checkpoint``: its steps so far plus what the epochs it has left take
+    now. Lightning's estimate (``total_steps``: ``max_epochs`` times today's steps per epoch) is wrong when the
+    epochs already done had another length (another device count, batch size or accumulation)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress", {}).get("current"), loop.get("epoch_loop.batch_progress", {})
+    if not epochs or "current" not in batches or max_epochs < 1 or total_steps % max_epochs:
+        return total_steps  # max_steps caps the run, or a checkpoint without loop state: Lightning's estimate
+    steps_per_epoch = total_steps // max_epochs
+    if batches.get("is_last_batch"):  # written at the end of an epoch
+        epochs_left, done_in_epoch = max_epochs - epochs["processed"], 0
+    else:  # mid-epoch: that epoch goes on from the batch it had reached
+        epochs_left, done_in_epoch = max_epochs - epochs["completed"], batches["current"]["completed"] // accumulate
+    return max(checkpoint.get("global_step", 0) + epochs_left * steps_per_epoch - done_in_epoch, 1)
