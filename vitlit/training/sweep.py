@@ -1,7 +1,8 @@
 """Hydra multirun summary: ``sweep_summary.csv`` in the sweep folder and a table printed at the end.
 
 Registered in ``conf/hydra/default.yaml`` as a Hydra callback, so every ``python train.py -m ...`` (grid or
-Optuna) gets one row per job: its overrides, status and final metrics, best job first.
+Optuna) gets one row per job: its overrides, status and final metrics, best job first. Also here: what a failed
+job returns to a sweeper (``FailedJob``) and the folder an Optuna SQLite study needs (``StorageFolder``).
 """
 
 from __future__ import annotations
@@ -28,16 +29,25 @@ SUMMARY_FILE = "sweep_summary.csv"
 DEFAULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
 
 
-class FailedJob(float):
-    """What ``train.py`` returns for a multirun job that raised: NaN to a sweeper (Optuna marks the trial
-    failed and goes on), plus the error for the summary."""
+class FailedJob:
+    """What ``train.py`` returns for a multirun job that raised: the error, for the summary and the sweeper's log.
 
-    error: str
+    Not a number on purpose: hydra-optuna-sweeper records a trial whose return value ``float()`` rejects as
+    ``FAIL`` and goes on, while a NaN makes it call ``study.tell(FAIL, values=[nan])``, which Optuna refuses,
+    and the whole sweep stops with the trial left ``RUNNING``.
+    """
 
-    def __new__(cls, error: BaseException) -> FailedJob:
-        value = super().__new__(cls, math.nan)
-        value.error = describe(error)
-        return value
+    def __init__(self, error: BaseException):
+        self.error = describe(error)
+
+    def __float__(self) -> float:
+        raise TypeError(f"this job failed: {self.error}")
+
+    def __str__(self) -> str:
+        return self.error
+
+    def __repr__(self) -> str:
+        return f"FailedJob({self.error!r})"
 
 
 def describe(error: BaseException) -> str:
@@ -167,3 +177,16 @@ class SweepSummary(Callback):
         title = f"{len(self.rows)} jobs, {failed} failed, best {self.metric} first"
         get_console().print(summary_table(self.rows, self.metric_names, title))
         log.info("sweep summary: %s", self.path)
+
+
+class StorageFolder(Callback):
+    """Creates the folder of the sweeper's ``sqlite:///path/to/study.db`` before the sweep opens the study: SQLite
+    creates the file but not its folder, so the first Optuna sweep in a new log folder would stop at once.
+
+    Registered by ``conf/hparams_search/optuna.yaml``; Hydra runs ``on_multirun_start`` before it builds the sweeper.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        storage = config.hydra.sweeper.get("storage")
+        if isinstance(storage, str) and storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
