@@ -1,36 +1,6 @@
 """Train a ViT: ``python train.py [overrides]``; ``python train.py -m key=a,b`` sweeps. See conf/train.yaml."""
 
-import logging
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from vitlit.training.compat import removed_key_message
-from vitlit.training.pipeline import train
-from vitlit.training.sweep import FailedJob, is_multirun
-from vitlit.user_errors import user_errors_as_messages
-
-log = logging.getLogger("vitlit.train")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    if is_multirun():
-        try:
-            metrics = train(cfg)
-        except Exception as error:
-            # One failing job must not end a sweep: the sweep summary lists it and the other jobs still run.
-            log.exception("this job failed; the sweep goes on")
-            return FailedJob(error)
-    else:
-        with user_errors_as_messages():  # "Error: ..." and exit status 1, no traceback
-            metrics = train(cfg)
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
-
+from vitlit.train import command_line, main  # noqa: F401  (main: tests call main.__wrapped__(cfg))
 
 if __name__ == "__main__":
-    if message := removed_key_message(sys.argv[1:]):
-        sys.exit(f"Error: {message}")
-    main()
+    command_line()

@@ -1,6 +1,7 @@
 """vitlit: a hand-built Vision Transformer trained with Lightning and configured with Hydra.
 
-The public surface: ``from vitlit import ViT, ViTClassifier, ImageFolderDataModule, load_pretrained``.
+The public surface: ``from vitlit import ViT, ViTClassifier, ImageFolderDataModule, load_pretrained``, and
+``vitlit.run(overrides)``, which trains as ``vitlit-train <overrides>`` does and returns the metrics (notebooks).
 Names load on first use, so ``import vitlit.models`` stays free of Lightning.
 """
 
@@ -16,6 +17,7 @@ _EXPORTS = {
     "load_pretrained": "vitlit.models.weights",
     "ImageFolderDataModule": "vitlit.data.datamodule",
     "ViTClassifier": "vitlit.training.module",
+    "run": "vitlit.configs",
 }
 __all__ = sorted(_EXPORTS)
 

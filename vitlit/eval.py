@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vitlit.configs import CONFIG_DIR
 from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.data.streaming import StreamingDataModule
 from vitlit.reporting.report import RunReport
@@ -90,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float:
     with user_errors_as_messages():
         return evaluate(cfg)["test/acc"]

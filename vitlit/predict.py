@@ -22,6 +22,7 @@ from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
+from vitlit.configs import CONFIG_DIR
 from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
 from vitlit.reporting.console import RichConsoleHandler
 from vitlit.reporting.figures import annotated_image_figure, prediction_title, save_figure
@@ -172,7 +173,7 @@ def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     if cfg.json:  # keep stdout parseable: info goes only to the run's log file, warnings to stderr
         root = logging.getLogger()

@@ -1,48 +1,20 @@
-"""TensorBoard pictures of each validation epoch and of the test run: confusion matrix, predictions, attention."""
+"""Pictures of each validation epoch and of the test run, for every logger that shows them: confusion matrix,
+predictions, attention."""
 
 from __future__ import annotations
 
-import io
-
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image
-from tensorboard.compat.proto.summary_pb2 import Summary
 
 from vitlit.models.attention_maps import ATTENTION_METHODS, attention_maps
-from vitlit.private_api import add_tensorboard_summary
-from vitlit.reporting.figures import attention_figure, confusion_matrix_figure, figure_to_array, prediction_grid_figure
+from vitlit.reporting.figures import attention_figure, confusion_matrix_figure, prediction_grid_figure
+from vitlit.reporting.loggers import log_figure, log_scalars, takes_images
 from vitlit.reporting.stage_results import StageResultsCallback, StageSummary, display_sample
 
 
-def tensorboard_writer(trainer: L.Trainer):
-    """The ``SummaryWriter`` of the trainer's first TensorBoard logger, or None."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
-def add_image(writer, tag: str, image: np.ndarray, step: int, photo: bool = False) -> None:
-    """Add an RGB uint8 image (H, W, 3) to TensorBoard's IMAGES tab.
-
-    ``photo=True`` stores it as a JPEG: ``SummaryWriter.add_image`` always encodes PNG, which takes
-    about a second for a grid of photos, every epoch; a JPEG takes a few milliseconds.
-    """
-    if not photo:
-        writer.add_image(tag, image, step, dataformats="HWC")
-        return
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-    height, width = image.shape[:2]
-    encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
-    add_tensorboard_summary(writer, Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
-
-
 class TensorBoardDashboards(StageResultsCallback):
-    """Adds images to TensorBoard's IMAGES tab after every validation epoch (``val/...``) and test run (``test/...``):
+    """Sends pictures to the loggers after every validation epoch (``val/...``) and test run (``test/...``):
+    TensorBoard's IMAGES tab, MLflow artifacts, W&B media (:mod:`vitlit.reporting.loggers`).
 
     - ``<stage>/confusion_matrix``: class names on the axes, counts, row-normalised colours;
     - ``<stage>/predictions``: a fixed sample of ``num_images`` images, spread over the stage's images,
@@ -53,9 +25,9 @@ class TensorBoardDashboards(StageResultsCallback):
     ``every_n_epochs`` > 1 draws validation only every n-th epoch and the last (each drawing costs
     about a CPU second, which matters when a GPU makes epochs short).
 
-    Per-class precision, recall and F1 go to the SCALARS tab as ``<stage>_per_class/<metric>/<class>``:
+    Per-class precision, recall and F1 go to every logger's metrics as ``<stage>_per_class/<metric>/<class>``:
     validation's once, when fitting ends (from the last validation epoch), and the test run's.
-    Does nothing without a TensorBoard logger.
+    Does nothing without a logger that shows pictures (TensorBoard, MLflow, W&B).
     """
 
     def __init__(self, num_images: int = 16, attention: str | None = "rollout", every_n_epochs: int = 1):
@@ -71,7 +43,7 @@ class TensorBoardDashboards(StageResultsCallback):
         self._frozen_maps: dict[str, torch.Tensor] = {}
 
     def active(self, trainer: L.Trainer, stage: str) -> bool:
-        if tensorboard_writer(trainer) is None:
+        if not takes_images(trainer.loggers):
             return False
         epoch = trainer.current_epoch + 1
         return stage != "val" or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
@@ -80,7 +52,6 @@ class TensorBoardDashboards(StageResultsCallback):
         maps = self._attention(trainer, pl_module, summary, stage)  # on every process: sharded models need them all
         if not trainer.is_global_zero:
             return
-        writer = tensorboard_writer(trainer)
         step = trainer.global_step
         title = f"{stage}, epoch {trainer.current_epoch + 1}" if stage == "val" else stage
         figures = {
@@ -99,7 +70,7 @@ class TensorBoardDashboards(StageResultsCallback):
                 images, maps, summary.labels, predicted, summary.class_names, self.attention
             )
         for name, figure in figures.items():
-            add_image(writer, f"{stage}/{name}", figure_to_array(figure), step, photo=name != "confusion_matrix")
+            log_figure(trainer.loggers, f"{stage}/{name}", figure, step, photo=name != "confusion_matrix")
         if stage == "test":
             self._log_per_class(trainer, stage, summary)
 
@@ -121,12 +92,14 @@ class TensorBoardDashboards(StageResultsCallback):
         return maps
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if "val" in self.summaries and trainer.is_global_zero and tensorboard_writer(trainer) is not None:
+        if "val" in self.summaries and trainer.is_global_zero and takes_images(trainer.loggers):
             self._log_per_class(trainer, "val", self.summaries["val"])
 
     @staticmethod
     def _log_per_class(trainer: L.Trainer, stage: str, summary: StageSummary) -> None:
-        writer = tensorboard_writer(trainer)
-        for name, scores in summary.per_class.items():
-            for metric in ("precision", "recall", "f1"):
-                writer.add_scalar(f"{stage}_per_class/{metric}/{name}", scores[metric], trainer.global_step)
+        scalars = {
+            f"{stage}_per_class/{metric}/{name}": scores[metric]
+            for name, scores in summary.per_class.items()
+            for metric in ("precision", "recall", "f1")
+        }
+        log_scalars(trainer.loggers, scalars, trainer.global_step)

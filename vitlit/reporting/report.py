@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitlit.reporting.figures import confusion_matrix_figure, curves_figure, prediction_grid_figure, save_figure
+from vitlit.reporting.loggers import log_files
 from vitlit.reporting.metrics_file import METRICS_FILE, write_metrics_file
 from vitlit.reporting.stage_results import StageResultsCallback, StageSummary, display_sample
 
@@ -155,7 +156,8 @@ class RunReport(StageResultsCallback):
             self.history.setdefault(int(row["epoch"]), dict(row))
 
     def write(self, folder: str | Path, trainer: L.Trainer, metrics: Mapping[str, float], **info: Any) -> dict:
-        """Write the report files into ``folder`` (on the main process only) and return metrics.json's content."""
+        """Write the report files into ``folder`` (on the main process only), attach them to the loggers that keep
+        files (MLflow, W&B), and return metrics.json's content."""
         stage = "test" if "test" in self.summaries else "val" if "val" in self.summaries else None
         entries = {
             "epochs": len([row for row in self.history.values() if "train/loss" in row]),
@@ -166,7 +168,7 @@ class RunReport(StageResultsCallback):
         }
         if not trainer.is_global_zero:
             return {}
-        return write_report(
+        report = write_report(
             folder,
             metrics=metrics,
             history=self.state_dict()["history"],
@@ -175,3 +177,5 @@ class RunReport(StageResultsCallback):
             datamodule=trainer.datamodule,
             info=entries,
         )
+        log_files(trainer.loggers, [Path(folder) / name for name in REPORT_FILES if (Path(folder) / name).exists()])
+        return report

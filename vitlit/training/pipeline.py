@@ -22,7 +22,7 @@ from vitlit.training.trainer import build_trainer, finish_loggers
 
 log = logging.getLogger(__name__)
 
-# Config sections whose values go to TensorBoard's HPARAMS tab.
+# Config sections whose values every logger gets as hyperparameters (TensorBoard's HPARAMS tab, MLflow params, ...).
 HPARAM_SECTIONS = ("model", "data", "trainer", "seed")
 # Final metrics shown beside the hyperparameters.
 HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")

@@ -10,10 +10,10 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from vitlit.private_api import cpu_has_native_bf16
+from vitlit.reporting.loggers import close_loggers, log_final_hparams
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,8 @@ def finish_loggers(
     final: Mapping[str, float] | None = None,
     step: int = 0,
 ) -> None:
-    """Give TensorBoard the hyperparameters with the final metrics beside them (its HPARAMS tab), then close it."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            if hparams is not None:
-                logger.log_hyperparams(dict(hparams), metrics=dict(final or {}), step=step)
-            logger.finalize("success")
+    """Give every logger the hyperparameters with the final metrics beside them (TensorBoard's HPARAMS tab,
+    MLflow params, W&B config, CSV hparams.yaml), then close them."""
+    if hparams is not None:
+        log_final_hparams(trainer.loggers, hparams, final or {}, step)
+    close_loggers(trainer.loggers)
