@@ -36,16 +36,13 @@ def train_config(overrides: Sequence[str] = (), output_dir: str | os.PathLike | 
     new folder where the command line would put it, ``<paths.log_dir>/train/runs/<date>_<time>`` (numbered
     when that name is taken). ``hydra.run.dir=...`` among the overrides chooses it as well.
     """
-    from vitlit.training.run_folder import check_run_folder, claim_new_folder  # imports Lightning
+    from vitlit.training.run_folder import chosen_by_user, run_folder_for  # imports Lightning
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="train"):
         cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    chosen = output_dir is not None or any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides)
+    chosen = output_dir is not None or chosen_by_user(cfg, "hydra.run.dir")
     folder = Path(output_dir if output_dir is not None else cfg.hydra.run.dir).expanduser().absolute()
-    if chosen or cfg.get("ckpt_path") == "last":
-        check_run_folder(folder, cfg.get("ckpt_path"))
-    else:
-        folder = claim_new_folder(folder)
+    folder = run_folder_for(folder, chosen, cfg.get("ckpt_path"))
     with open_dict(cfg):
         del cfg["hydra"]  # the training code reads no Hydra settings; its ${hydra:...} values are unset here
         cfg.paths.output_dir = str(folder)

@@ -27,7 +27,7 @@ from vitlit.configs import CONFIG_DIR
 from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
 from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitlit.models.attention_maps import attention_maps
-from vitlit.reporting.figures import display_images
+from vitlit.reporting.figures import ATTENTION_ALPHA, display_images
 from vitlit.training.checkpoints import (
     checkpoint_eval_transform,
     class_names,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_NAME = "classify"  # gradio_client: Client(url).predict(handle_file(photo), api_name="/classify")
-OVERLAY_ALPHA = 0.55  # the heat map's opacity, as in vitlit.reporting.figures.attention_figure
 OVERLAY_MIN_SIDE = 320  # pixels: a 32-pixel model input is still visible on the page
 INSTALL_HINT = "the demo needs Gradio: pip install 'vitlit[demo]'  (or: pip install gradio)"
 
@@ -101,7 +100,7 @@ def attention_overlay(image: np.ndarray, attention: torch.Tensor, min_side: int 
     shown = image.repeat(scale, axis=0).repeat(scale, axis=1) / 255.0
     heat = F.interpolate(attention[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
     colours = colormaps["inferno"](heat.clamp(0, 1).numpy())[..., :3]
-    blended = (1 - OVERLAY_ALPHA) * shown + OVERLAY_ALPHA * colours
+    blended = (1 - ATTENTION_ALPHA) * shown + ATTENTION_ALPHA * colours
     return (blended * 255).round().astype(np.uint8)
 
 

@@ -20,7 +20,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from vitlit.data.checks import BAD_IMAGE_POLICIES, check_batch_size, drop_bad_images, log_dataset_summary
+from vitlit.data.checks import (
+    BAD_IMAGE_POLICIES,
+    check_batch_size,
+    check_loader_settings,
+    drop_bad_images,
+    log_dataset_summary,
+)
 from vitlit.data.image_folder import (
     ImageFolderDataset,
     ImageFolderSplit,
@@ -31,7 +37,7 @@ from vitlit.data.image_folder import (
     scan_split,
     stratified_split,
 )
-from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipelines
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipeline_settings, pipelines
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +89,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         super().__init__()
         # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
         self.save_hyperparameters()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
-        if num_workers is not None and num_workers < 0:
-            raise ValueError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
+        check_loader_settings(batch_size, num_workers)
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"data.bad_images={bad_images!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
         self.bad_images = bad_images
@@ -100,19 +103,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform, self.eval_transform, self.draft_size = pipelines(
-            image_size,
-            train_augment,
-            train_crop_scale,
-            horizontal_flip,
-            auto_augment,
-            random_erasing,
-            eval_crop_fraction,
-            interpolation,
-            mean,
-            std,
-            fast_decode,
-        )
+        self.train_transform, self.eval_transform, self.draft_size = pipelines(**pipeline_settings(self.hparams))
         self.cache = cache
         self.drop_last = drop_last
         self.splits: dict[str, ImageFolderSplit] = {}

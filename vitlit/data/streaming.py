@@ -21,9 +21,10 @@ from typing import Any
 import lightning as L
 import torch
 
+from vitlit.data.checks import check_loader_settings
 from vitlit.data.image_folder import available_cpus, load_rgb
 from vitlit.data.shards import import_litdata, read_classes_file
-from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipelines
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipeline_settings, pipelines
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,7 @@ class StreamingDataModule(L.LightningDataModule):
         super().__init__()
         # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
         self.save_hyperparameters()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
-        if num_workers is not None and num_workers < 0:
-            raise ValueError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
+        check_loader_settings(batch_size, num_workers)
         import_litdata()  # the clear install message now, not in a loader worker
         self.input_dir = str(input_dir).rstrip("/")
         self.batch_size = batch_size
@@ -113,19 +111,7 @@ class StreamingDataModule(L.LightningDataModule):
         self.shuffle, self.shuffle_seed, self.drop_last = shuffle, shuffle_seed, drop_last
         self.cache_dir, self.max_cache_size, self.storage_options = cache_dir, max_cache_size, storage_options or {}
         self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform, self.eval_transform, self.draft_size = pipelines(
-            image_size,
-            train_augment,
-            train_crop_scale,
-            horizontal_flip,
-            auto_augment,
-            random_erasing,
-            eval_crop_fraction,
-            interpolation,
-            mean,
-            std,
-            fast_decode,
-        )
+        self.train_transform, self.eval_transform, self.draft_size = pipelines(**pipeline_settings(self.hparams))
         self._classes_file: dict | None = None
         self.datasets: dict[str, Any] = {}
         self._train_loader: Any = None

@@ -6,8 +6,9 @@ and the LightningModule normalises them there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torchvision.transforms import v2
@@ -113,7 +114,10 @@ def pipelines(
     std: Sequence[float],
     fast_decode: bool,
 ) -> Pipelines:
-    """The train and eval transforms of a data module (unnormalised: the model normalises on the device)."""
+    """The train and eval transforms of a data module (unnormalised: the model normalises on the device).
+
+    Data modules call it as ``pipelines(**pipeline_settings(self.hparams))``: the arguments are theirs, by name.
+    """
     fractions = crop_fractions(eval_crop_fraction)
     evaluation = eval_transform(image_size, fractions, interpolation, mean, std, normalize=False)
     if train_augment:
@@ -133,6 +137,11 @@ def pipelines(
     else:  # one view: training batches stay (B, 3, S, S)
         training = eval_transform(image_size, fractions[0], interpolation, mean, std, normalize=False)
     return Pipelines(training, evaluation, round(image_size / min(fractions)) if fast_decode else None)
+
+
+def pipeline_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`pipelines`, picked by name from a data module's hyperparameters."""
+    return {name: hparams[name] for name in inspect.signature(pipelines).parameters}
 
 
 def crop_fractions(crop_fraction: float | Sequence[float]) -> tuple[float, ...]:

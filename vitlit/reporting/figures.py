@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 DPI = 100
+ATTENTION_ALPHA = 0.55  # the attention heat map's opacity over a photo (figures and the demo page)
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # title colours of correct and wrong predictions
 CURVES_SIZE = (12.0, 4.5)  # inches: 1200 x 450 pixels
 CELL_SIZE = (3.0, 3.45)  # inches per image of a grid: the image and a two-line title
@@ -180,7 +181,7 @@ def attention_figure(
     figure, cells = _grid(len(images), heading=heading)
     for axes, image, heat, label, guess in zip(cells, images, upsampled.numpy(), labels, predicted, strict=True):
         axes.imshow(image)
-        axes.imshow(heat, cmap="inferno", alpha=0.55, vmin=0.0, vmax=1.0)
+        axes.imshow(heat, cmap="inferno", alpha=ATTENTION_ALPHA, vmin=0.0, vmax=1.0)
         _cell_title(axes, f"Pred: {class_names[guess]}\nTrue: {class_names[label]}", RIGHT if guess == label else WRONG)
     return figure
 

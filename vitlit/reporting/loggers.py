@@ -1,9 +1,11 @@
 """The one place that knows what each Lightning logger can take: pictures, files, hyperparameters with final metrics.
 
-Public APIs only: TensorBoard's ``SummaryWriter.add_image`` and ``TensorBoardLogger.log_hyperparams(params,
+Public APIs: TensorBoard's ``SummaryWriter.add_image`` and ``TensorBoardLogger.log_hyperparams(params,
 metrics)`` (its HPARAMS tab), MLflow's client ``log_image`` / ``log_artifact`` (artifacts of the run), W&B's
-``WandbLogger.log_image`` and the run summary. The CSV logger takes metrics and ``hparams.yaml`` only; the run
-folder holds the pictures as PNG files anyway. Other loggers get the metrics and hyperparameters.
+``WandbLogger.log_image`` and the run summary. One exception: TensorBoard photo grids are stored as JPEG through
+:func:`vitlit.private_api.add_tensorboard_summary` (``add_image`` encodes only PNG, about a second per grid).
+The CSV logger takes metrics and ``hparams.yaml`` only; the run folder holds the pictures as PNG files anyway.
+Other loggers get the metrics and hyperparameters.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import itertools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,24 @@ def claim_new_folder(folder: Path) -> Path:
     raise AssertionError("unreachable")
 
 
-def _created(create: Callable[[Path], Path | None], folder: Path, key: str) -> Path:
-    """``create(folder)``'s folder (or ``folder``); a folder that cannot be created stops the run, saying why."""
+def run_folder_for(folder: Path, chosen: bool, ckpt_path: str | None) -> Path:
+    """The folder a run writes into, created. One the user ``chosen`` (or ``ckpt_path=last``'s) must pass
+    :func:`check_run_folder`; the default one is claimed, numbered when another run took its name."""
+    if chosen or ckpt_path == "last":
+        check_run_folder(folder, ckpt_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return claim_new_folder(folder)
+
+
+@contextmanager
+def stop_unless_created(folder: Path, key: str) -> Iterator[None]:
+    """Stop the run, saying why, when the folder (``key``, e.g. ``hydra.run.dir``) cannot be created."""
     try:
-        return create(folder) or folder
+        yield
     except OSError as error:  # a file where a folder should be, no permission, a read-only or full disk
+        if error.errno is None:  # vitlit's own refusals (check_run_folder) carry no errno
+            raise
         sys.exit(
             f"Error: cannot create the folder {folder} ({error.strerror}: {error.filename}); choose another {key}=..., "
             "or another parent folder for every run with VITLIT_LOG_DIR=/path (paths.log_dir)"
@@ -105,14 +119,14 @@ class RunFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if process_rank() != 0:
             return  # rank 0 created the folder that the other ranks join
-        if not chosen_by_user(config, "hydra.run.dir") and config.get("ckpt_path") != "last":
-            with read_write(config.hydra):
-                config.hydra.run.dir = str(_created(claim_new_folder, Path(config.hydra.run.dir), "hydra.run.dir"))
+        run_dir = Path(config.hydra.run.dir)
         try:
-            check_run_folder(Path(config.hydra.run.dir), config.get("ckpt_path"))
+            with stop_unless_created(run_dir, "hydra.run.dir"):
+                run_dir = run_folder_for(run_dir, chosen_by_user(config, "hydra.run.dir"), config.get("ckpt_path"))
         except (FileExistsError, FileNotFoundError) as error:
             sys.exit(f"Error: {error}")
-        _created(lambda folder: folder.mkdir(parents=True, exist_ok=True), Path(config.hydra.run.dir), "hydra.run.dir")
+        with read_write(config.hydra):
+            config.hydra.run.dir = str(run_dir)
         if config.get("ckpt_path") and holds_files(Path(config.hydra.run.dir) / ".hydra"):
             resumed = f"{config.hydra.output_subdir}/resume_{datetime.now():%Y-%m-%d_%H-%M-%S}"
             with read_write(config.hydra):
@@ -121,7 +135,8 @@ class RunFolder(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not chosen_by_user(config, "hydra.sweep.dir"):
-            sweep_dir = _created(claim_new_folder, sweep_dir, "hydra.sweep.dir")
+            with stop_unless_created(sweep_dir, "hydra.sweep.dir"):
+                sweep_dir = claim_new_folder(sweep_dir)
             with read_write(config.hydra):
                 config.hydra.sweep.dir = str(sweep_dir)
                 # Every job's config is composed again from these overrides: they carry the claimed folder.
