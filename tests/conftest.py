@@ -43,10 +43,11 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", {"train": {"cat": 6, "dog": 6}, "test": {"cat": 3, "dog": 3}})
 
 
-def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """Compose conf/train.yaml with ``overrides``, outputs under ``output_dir`` (Hydra's run dir is not set here)."""
+def compose_config(overrides: list[str], output_dir: Path | None = None, config_name: str = "train") -> DictConfig:
+    """Compose conf/<config_name>.yaml with ``overrides``, outputs under ``output_dir`` (Hydra's run dir is not set
+    here)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
@@ -121,3 +122,29 @@ def fill_torch_hub_cache(torch_home: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path, model.eval()
+
+
+def checkpoint_eval_transform(checkpoint):
+    """The tests' oracle for vitlit's evaluation pre-processing: the checkpoint's saved settings (a path, or what
+    ``read_checkpoint`` returned) -> uint8 image (3, H, W) -> normalised float (3, S, S), or (V, 3, S, S) for
+    several crop fractions, built from torchvision's transforms v2 directly."""
+    import torch
+    from torchvision.transforms import v2
+
+    from vitlit.inference.checkpoint import eval_transform_settings, read_checkpoint
+
+    if not isinstance(checkpoint, dict):
+        checkpoint = read_checkpoint(checkpoint)
+    settings = eval_transform_settings(checkpoint)
+    size, fractions = settings["image_size"], settings.get("eval_crop_fraction", 0.875)
+    fractions = [fractions] if isinstance(fractions, (int, float)) else list(fractions)
+    mode = v2.InterpolationMode(settings.get("interpolation", "bilinear"))
+    normalise = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(settings.get("mean", (0.485, 0.456, 0.406)), settings.get("std", (0.229, 0.224, 0.225))),
+    ]
+    views = [
+        v2.Compose([v2.Resize(round(size / f), interpolation=mode, antialias=True), v2.CenterCrop(size), *normalise])
+        for f in fractions
+    ]
+    return views[0] if len(views) == 1 else lambda image: torch.stack([view(image) for view in views])

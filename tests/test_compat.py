@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, REPO_ROOT, compose_config
+from conftest import CONF_DIR, REPO_ROOT, checkpoint_eval_transform, compose_config
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
@@ -25,10 +25,11 @@ from vitlit import ViT, ViTClassifier
 from vitlit.data.image_folder import load_rgb
 from vitlit.eval import evaluate
 from vitlit.export import main as export_main
+from vitlit.inference.checkpoint import read_checkpoint
+from vitlit.inference.compat import LAST_COMMIT, REMOVED, RemovedOptionError, removed_key_message
 from vitlit.predict import predict
 from vitlit.training import train
-from vitlit.training.checkpoints import checkpoint_eval_transform, classifier_from_checkpoint, read_checkpoint
-from vitlit.training.compat import LAST_COMMIT, REMOVED, RemovedOptionError, removed_key_message
+from vitlit.training.checkpoints import classifier_from_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINT = FIXTURES / f"vit_tiny_{LAST_COMMIT}.ckpt"

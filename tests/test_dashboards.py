@@ -17,7 +17,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from vitlit.data.transforms import eval_transform
 from vitlit.models.attention_maps import _attention_weights, attention_maps, class_token_map
 from vitlit.models.vit import ViT
-from vitlit.reporting.dashboards import TensorBoardDashboards
+from vitlit.reporting.dashboards import Dashboards
 from vitlit.reporting.figures import display_images
 from vitlit.reporting.stage_results import sample_positions
 
@@ -184,6 +184,6 @@ def test_the_fixed_sample_spreads_over_the_stage():
 
 def test_bad_dashboard_settings_are_clear_errors():
     with pytest.raises(ValueError, match=r"callbacks\.dashboards\.attention='heat' is not one of"):
-        TensorBoardDashboards(attention="heat")
+        Dashboards(attention="heat")
     with pytest.raises(ValueError, match=r"every_n_epochs must be at least 1"):
-        TensorBoardDashboards(every_n_epochs=0)
+        Dashboards(every_n_epochs=0)

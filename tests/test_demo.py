@@ -11,24 +11,25 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, compose_config, make_image_folder
+from conftest import TINY_RUN, checkpoint_eval_transform, compose_config, make_image_folder
 from matplotlib import colormaps
 from PIL import Image
 
 from vitlit.data.image_folder import load_rgb
-from vitlit.training.checkpoints import checkpoint_eval_transform, read_checkpoint
+from vitlit.inference.checkpoint import read_checkpoint
 from vitlit.training.module import ViTClassifier
 from vitlit.training.pipeline import train
 
 pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e '.[demo]'")
 gradio_client = pytest.importorskip("gradio_client", reason="pip install -e '.[demo]'")
 
-from vitlit.demo import API_NAME, CheckpointClassifier, attention_overlay, example_photos  # noqa: E402
+from vitlit.demo import API_NAME, PhotoClassifier, attention_overlay, example_photos  # noqa: E402
 
 CLASSES = ("cat", "dog", "owl")
 BROWSER = ("chromium", "chromedriver")
@@ -55,10 +56,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(checkpoint: Path) -> Iterator[str]:
+@contextmanager
+def serve_demo(checkpoint: Path, folder: Path) -> Iterator[str]:
     """``python -m vitlit.demo`` on a free port, as a user starts it: its URL once the page is served."""
-    port, folder = free_port(), checkpoint.parents[2]
+    port = free_port()
     environment = os.environ | {"VITLIT_LOG_DIR": str(folder / "outputs"), "GRADIO_ANALYTICS_ENABLED": "False"}
     command = [sys.executable, "-m", "vitlit.demo", f"ckpt_path={checkpoint}", f"server_port={port}"]
     with open(folder / "demo.out", "w") as output:
@@ -78,6 +79,12 @@ def served(checkpoint: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(checkpoint: Path) -> Iterator[str]:
+    with serve_demo(checkpoint, checkpoint.parents[2]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +126,7 @@ def test_the_page_answers_with_the_models_own_classes_and_probabilities(checkpoi
 @pytest.mark.parametrize("name", ["notes.txt", "not_a_photo.jpg"])
 def test_a_file_that_is_not_an_image_gets_a_message_naming_it(client, tmp_path, name):
     (tmp_path / name).write_text("shopping list: eggs, milk")
-    with pytest.raises(gradio_client.exceptions.AppError, match=f"{name} is not an image that can be read"):
+    with pytest.raises(gradio_client.exceptions.AppError, match=f"{name} cannot be decoded"):
         client.predict(gradio_client.handle_file(str(tmp_path / name)), api_name=f"/{API_NAME}")
 
 
@@ -135,7 +142,7 @@ def test_checkpoints_that_average_views_get_the_averaged_probabilities(checkpoin
     saved[section] = {**saved[section], **setting}
     torch.save(saved, tmp_path / "averaging.ckpt")
     photo = photos_of(checkpoint)[0]
-    probabilities, _ = CheckpointClassifier(tmp_path / "averaging.ckpt")(photo)
+    probabilities, _ = PhotoClassifier(tmp_path / "averaging.ckpt")(photo)
     module = ViTClassifier.load_from_checkpoint(tmp_path / "averaging.ckpt").eval()
     transform = checkpoint_eval_transform(read_checkpoint(tmp_path / "averaging.ckpt"))
     with torch.no_grad():

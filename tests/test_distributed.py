@@ -1,5 +1,6 @@
 """DDP through train.py: two CPU processes (gloo) share one run folder and log what one process computes."""
 
+import csv
 import itertools
 import json
 import subprocess
@@ -37,8 +38,10 @@ def test_trainer_configs_build_lightning_strategies(trainer: str):
 
 @torch.no_grad()
 def test_ddp_on_two_cpu_processes_logs_what_one_process_computes(tmp_path: Path):
-    # 8 validation images split evenly over the 2 ranks, so no rank pads its shard with repeats.
-    root = make_image_folder(tmp_path / "images", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 4, "dog": 4}})
+    # 8 validation images split evenly over the 2 ranks, so no rank pads its shard with repeats; 7 test images,
+    # which DistributedSampler evens out by repeating one.
+    layout = {"train": {"cat": 8, "dog": 8}, "val": {"cat": 4, "dog": 4}, "test": {"cat": 4, "dog": 3}}
+    root = make_image_folder(tmp_path / "images", layout)
     run = tmp_path / "run"
     overrides = [*TINY_RUN, "trainer.max_epochs=1", "callbacks.model_summary=null", f"data.root={root}"]
     distributed = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run}"]
@@ -52,7 +55,11 @@ def test_ddp_on_two_cpu_processes_logs_what_one_process_computes(tmp_path: Path)
     assert metrics["val/acc"] == pytest.approx(accuracy, abs=1e-6)
     assert metrics["val/loss"] == pytest.approx(loss, abs=1e-5)
     best = next((run / "checkpoints").glob("epoch_*.ckpt"))
-    assert metrics["test/acc"] == pytest.approx(evaluate(best, root, "test")[0], abs=1e-6)
+    with (run / "test_predictions.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["path"] for row in rows) == sorted(str(path) for path in (root / "test").rglob("*.jpg"))
+    right = sum(row["true_class"] == row["predicted_class"] for row in rows) / len(rows)
+    assert right == pytest.approx(evaluate(best, root, "test")[0], abs=1e-6)  # every image once, none twice
 
     # One run folder, written by rank 0 only: no per-rank log, no stray outputs/ from the relaunched rank.
     assert sorted(p.name for p in run.iterdir()) == [
@@ -61,6 +68,7 @@ def test_ddp_on_two_cpu_processes_logs_what_one_process_computes(tmp_path: Path)
         "config.yaml",
         "metrics.json",
         "tensorboard",
+        "test_predictions.csv",
         "train.log",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run"]

@@ -1,6 +1,8 @@
 """``vitlit.eval`` and ``vitlit.predict``: a checkpoint alone evaluates and classifies images."""
 
+import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,7 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, REPO_ROOT, TINY_RUN, compose_config, make_image_folder, write_image
+from conftest import (
+    CONF_DIR,
+    REPO_ROOT,
+    TINY_RUN,
+    checkpoint_eval_transform,
+    compose_config,
+    make_image_folder,
+    write_image,
+)
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
@@ -16,9 +26,11 @@ from PIL import Image
 from vitlit.data.image_folder import IMAGE_EXTENSIONS, load_rgb
 from vitlit.data.transforms import eval_transform
 from vitlit.eval import evaluate
+from vitlit.inference.checkpoint import read_checkpoint
 from vitlit.predict import image_files, predict
+from vitlit.reporting.test_predictions import write_predictions_csv
 from vitlit.training import train
-from vitlit.training.checkpoints import checkpoint_eval_transform, classifier_from_checkpoint, read_checkpoint
+from vitlit.training.checkpoints import classifier_from_checkpoint
 from vitlit.training.module import ViTClassifier
 
 CLASSES = ("cat", "dog", "owl")
@@ -68,6 +80,36 @@ def test_eval_accuracy_equals_the_accuracy_of_the_checkpoint_computed_by_hand(tr
         Image.open(tmp_path / "eval" / name).load()
     assert (tmp_path / "eval" / "tensorboard").is_dir()
     assert sorted(checkpoint.parent.iterdir()) == before  # nothing written beside the checkpoint
+
+
+def test_eval_lists_every_test_image_with_its_classes_and_probabilities(trained, tmp_path, caplog):
+    root, checkpoint = trained
+    overrides = [f"ckpt_path={checkpoint}", "data=image_folder", f"data.root={root}", "callbacks.progress_bar=null"]
+    overrides.append("trainer.precision=32-true")  # the default picks bf16-mixed on CPUs with native bf16
+    with caplog.at_level(logging.INFO, logger="vitlit"):
+        evaluate(command_config("eval", overrides, tmp_path / "eval"))
+    files = sorted((root / "test").rglob("*.jpg"))
+    probabilities = hand_predictions(checkpoint, files).softmax(dim=1)
+    with (tmp_path / "eval" / "test_predictions.csv").open() as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["path", "true_class", "predicted_class", *(f"p_{name}" for name in CLASSES)]
+    assert [row[0] for row in rows] == [str(path) for path in files]
+    for row, path, expected in zip(rows, files, probabilities, strict=True):
+        assert row[1] == path.parent.name and row[2] == CLASSES[int(expected.argmax())]
+        torch.testing.assert_close(torch.tensor([float(value) for value in row[3:]]), expected, rtol=0, atol=1e-6)
+    wrong = sum(row[1] != row[2] for row in rows)
+    assert f"test: {wrong} of {len(files)} images misclassified" in caplog.text
+
+
+def test_the_predictions_file_keeps_nine_significant_digits(tmp_path):
+    probabilities = torch.tensor([[1 / 3, 2 / 3], [0.25, 0.75]])
+    wrong = write_predictions_csv(tmp_path / "p.csv", ["a.jpg", "b.jpg"], [1, 0], probabilities, ["cat", "dog"])
+    assert (tmp_path / "p.csv").read_text().splitlines() == [
+        "path,true_class,predicted_class,p_cat,p_dog",
+        "a.jpg,dog,dog,0.333333343,0.666666687",  # float32 values, every digit they hold
+        "b.jpg,cat,dog,0.25,0.75",
+    ]
+    assert wrong == 1
 
 
 def test_eval_refuses_data_with_other_classes(trained, tmp_path):

@@ -14,7 +14,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from vitlit.private_api import (
     add_tensorboard_summary,
+    at_last_batch_of_epoch,
+    batches_started_in_epoch,
     cpu_has_native_bf16,
+    fit_loop_progress,
     is_compiled,
     job_return_value,
     mark_batch_dynamic,
@@ -70,3 +73,37 @@ def test_cpu_has_native_bf16_agrees_with_the_cpu_flags():
     if flags is None:
         pytest.skip("no /proc/cpuinfo to compare with")
     assert cpu_has_native_bf16() is bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def _fit_boring_model(tmp_path: Path, callbacks=()):
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=3, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+    )  # fmt: skip
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    return trainer
+
+
+def test_fit_loop_progress_reads_the_epochs_and_batches_a_checkpoint_records(tmp_path: Path):
+    _fit_boring_model(tmp_path)
+    epochs, batches = fit_loop_progress(torch.load(tmp_path / "end.ckpt", weights_only=False))
+    assert epochs["processed"] == 2 and epochs["completed"] == 2
+    assert batches["is_last_batch"] is True and batches["current"]["completed"] == 3
+    assert fit_loop_progress({}) == (None, {})  # a checkpoint without loop state
+
+
+def test_the_batch_progress_helpers_follow_the_training_loop(tmp_path: Path):
+    import lightning as L
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            seen.append((batches_started_in_epoch(trainer), at_last_batch_of_epoch(trainer)))
+
+    _fit_boring_model(tmp_path, [Record()])
+    assert seen == [(1, False), (2, False), (3, True)] * 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import CONF_DIR, REPO_ROOT, TINY_RUN, compose_config, make_image_folder
+from conftest import CONF_DIR, REPO_ROOT, TINY_RUN, checkpoint_eval_transform, compose_config, make_image_folder
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import open_dict
@@ -18,9 +18,9 @@ from PIL import Image
 from vitlit.data.shards import optimize_image_folder, read_classes_file
 from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitlit.eval import evaluate
+from vitlit.inference.checkpoint import read_checkpoint
 from vitlit.predict import predict
 from vitlit.training import train
-from vitlit.training.checkpoints import checkpoint_eval_transform, read_checkpoint
 
 pytest.importorskip("litdata")
 pytestmark = [

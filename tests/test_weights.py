@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from vitlit import ViT, load_pretrained
 from vitlit.models.weight_downloads import torchvision_weights
 from vitlit.models.weight_formats import HUGGINGFACE_4
-from vitlit.models.weights import read_checkpoint
+from vitlit.models.weights import read_weight_file
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -149,10 +149,10 @@ def test_hugging_face_folder_with_4x_names_gives_the_same_logits(tmp_path: Path,
     source = perturbed(transformers.ViTForImageClassification(tiny_hf_config()))
     source.save_pretrained(tmp_path / "hf")  # transformers 5 writes the 4.x names that hub files use
     if filename == "pytorch_model.bin":
-        state = read_checkpoint(tmp_path / "hf")
+        state = read_weight_file(tmp_path / "hf")
         (tmp_path / "hf" / "model.safetensors").unlink()
         torch.save(state, tmp_path / "hf" / filename)
-    assert "vit.encoder.layer.0.attention.attention.query.weight" in read_checkpoint(tmp_path / "hf")
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in read_weight_file(tmp_path / "hf")
     model = tiny_vit()
     assert load_pretrained(model, tmp_path / "hf", load_head=True).format == "huggingface (4.x names)"
     batch = images(32)
@@ -377,9 +377,9 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path: Path):
 
 def test_missing_file_and_empty_folder_are_named(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        read_checkpoint(tmp_path / "absent.pth")
+        read_weight_file(tmp_path / "absent.pth")
     with pytest.raises(FileNotFoundError, match=r"without model\.safetensors or pytorch_model\.bin"):
-        read_checkpoint(tmp_path)
+        read_weight_file(tmp_path)
 
 
 def test_torchvision_names_are_checked_before_any_download():

@@ -17,7 +17,7 @@ from test_weights import hf_logits, images, max_diff, perturbed, tiny_hf_config,
 
 from vitlit import load_pretrained
 from vitlit.models.weight_downloads import WeightsNotFoundError
-from vitlit.models.weights import read_checkpoint
+from vitlit.models.weights import read_weight_file
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 transformers = pytest.importorskip("transformers")
@@ -74,7 +74,7 @@ def test_hf_hub_google_name_loads_the_cached_transformers_weights(offline_hub_ca
     snapshot = cache_snapshot(offline_hub_cache, "google/vit-base-patch16-224")
     source.save_pretrained(snapshot)  # model.safetensors (4.x names, as the hub's files) and config.json
     if filename == "pytorch_model.bin":  # older repositories hold only the pickle-free torch file
-        state = read_checkpoint(snapshot / "model.safetensors")
+        state = read_weight_file(snapshot / "model.safetensors")
         (snapshot / "model.safetensors").unlink()
         torch.save(state, snapshot / filename)
     model = tiny_vit()

@@ -1,6 +1,6 @@
 """vitlit: a hand-built Vision Transformer trained with Lightning and configured with Hydra.
 
-The public surface: ``from vitlit import ViT, ViTClassifier, ImageFolderDataModule, load_pretrained``, and
+The public surface: ``from vitlit import ViT, ViTClassifier, ImageFolderDataModule, load_pretrained, Predictor``, and
 ``vitlit.run(overrides)``, which trains as ``vitlit-train <overrides>`` does and returns the metrics (notebooks).
 Names load on first use, so ``import vitlit.models`` stays free of Lightning.
 """
@@ -17,7 +17,8 @@ _EXPORTS = {
     "load_pretrained": "vitlit.models.weights",
     "ImageFolderDataModule": "vitlit.data.datamodule",
     "ViTClassifier": "vitlit.training.module",
-    "run": "vitlit.configs",
+    "run": "vitlit.training.run_from_python",
+    "Predictor": "vitlit.inference.predictor",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,8 +2,9 @@
 
 Drop or pick a photo; the page shows the top-k classes with their probabilities and the class token's attention
 rollout over the photo as the model sees it (resized and centre-cropped by the checkpoint's eval transform).
-Everything comes from the checkpoint, as for ``vitlit.predict``; it runs on the CPU. Needs Gradio
-(``pip install 'vitlit[demo]'``). See conf/demo.yaml, and docs/demo.md for a Hugging Face Space.
+Everything comes from the checkpoint through :class:`vitlit.inference.Predictor`, as for ``vitlit.predict``: the
+same probabilities, on a GPU where there is one (``device=auto``). Needs Gradio (``pip install 'vitlit[demo]'``).
+See conf/demo.yaml, and docs/demo.md for a Hugging Face Space.
 """
 
 from __future__ import annotations
@@ -21,21 +22,12 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from omegaconf import DictConfig
-from PIL import UnidentifiedImageError
 
 from vitlit.configs import CONFIG_DIR
-from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
-from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vitlit.models.attention_maps import attention_maps
-from vitlit.reporting.figures import ATTENTION_ALPHA, display_images
-from vitlit.training.checkpoints import (
-    checkpoint_eval_transform,
-    class_names,
-    classifier_from_checkpoint,
-    data_settings,
-    eval_transform_settings,
-    read_checkpoint,
-)
+from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image
+from vitlit.inference.checkpoint import data_settings, read_checkpoint
+from vitlit.inference.predictor import ImageDecodeError, Predictor, top_classes, top_k_shown
+from vitlit.reporting.figures import ATTENTION_ALPHA
 from vitlit.user_errors import user_errors_as_messages
 
 if TYPE_CHECKING:
@@ -56,40 +48,28 @@ def _gradio():
     return gradio
 
 
-class CheckpointClassifier:
-    """A checkpoint's classifier on the CPU: a photo file -> its class probabilities and attention overlay."""
+class PhotoClassifier:
+    """What the page runs: a photo file -> its class probabilities and the model's view under its attention."""
 
-    def __init__(self, ckpt_path: str | os.PathLike):
+    def __init__(self, ckpt_path: str | os.PathLike, device: str = "auto"):
         checkpoint = read_checkpoint(ckpt_path)
         self.path = Path(ckpt_path)
-        self.class_names = class_names(checkpoint)
-        self.transform = checkpoint_eval_transform(checkpoint)
-        settings = eval_transform_settings(checkpoint)
-        self.mean, self.std = settings.get("mean", IMAGENET_MEAN), settings.get("std", IMAGENET_STD)
-        self.module = classifier_from_checkpoint(checkpoint)
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        self.net = checkpoint["hyper_parameters"]["net"]
         self.data_root = data_settings(checkpoint).get("root")
 
-    @torch.no_grad()
     def __call__(self, path: str | os.PathLike, name: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Returns the probabilities (classes,) as ``vitlit.predict`` computes them and the model's view of the
         photo (S, S, 3) uint8 under its attention rollout. Raises ``ValueError`` naming the file (``name``, else
         its file name) when it is not an image."""
         try:
-            image = load_rgb(path)
-        except (UnidentifiedImageError, OSError) as error:
-            # PIL's message for an unknown format names the server's temporary copy: no use to the user.
-            why = "not a picture format PIL decodes" if isinstance(error, UnidentifiedImageError) else str(error)
+            image = self.predictor.load_image(path)
+        except ImageDecodeError as error:
             raise ValueError(
-                f"{name or Path(path).name} is not an image that can be read ({why}); "
-                f"pick a photo ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                f"{name or Path(path).name} {error}; pick a photo ({', '.join(sorted(IMAGE_EXTENSIONS))})"
             ) from None
-        inputs = self.transform(image)[None]  # normalised: the module's forward is its ViT's
-        first_view = inputs[:, 0] if inputs.ndim == 5 else inputs  # data.eval_crop_fraction as a list: V views
-        logits, _, maps = attention_maps(self.module.model, first_view, method="rollout")
-        if self.module.test_time_flip or inputs.ndim == 5:  # evaluation averages more views than the one drawn
-            logits = self.module.evaluation_logits(inputs)
-        seen = display_images(first_view, self.mean, self.std)[0]
-        return logits.float().softmax(dim=-1)[0], attention_overlay(seen, maps[0])
+        probabilities, view, attention = self.predictor.probabilities_and_attention(image)
+        return probabilities, attention_overlay(view.permute(1, 2, 0).numpy(), attention)
 
 
 def attention_overlay(image: np.ndarray, attention: torch.Tensor, min_side: int = OVERLAY_MIN_SIDE) -> np.ndarray:
@@ -126,16 +106,18 @@ def build_demo(
     top_k: int = 3,
     examples: int = 6,
     examples_root: str | os.PathLike | None = None,
+    device: str = "auto",
 ) -> gradio.Blocks:
     """The page for the checkpoint at ``ckpt_path``: ``build_demo("model.ckpt").launch()`` serves it.
 
     Its API ``/classify`` takes a photo and returns the top ``top_k`` classes (a ``gr.Label``) and the attention
-    overlay (a PNG). ``examples`` photos of the test split are offered when the data is on disk: under
-    ``examples_root`` (laid out as ``test/<class>/*.jpg``), else the checkpoint's own data root.
+    overlay (a PNG); the network runs on ``device`` (``auto``: CUDA, then MPS, then the CPU). ``examples`` photos
+    of the test split are offered when the data is on disk: under ``examples_root`` (laid out as
+    ``test/<class>/*.jpg``), else the checkpoint's own data root.
     """
-    classifier = CheckpointClassifier(ckpt_path)
+    classifier = PhotoClassifier(ckpt_path, device)
     gr = _gradio()
-    top_k = max(1, min(int(top_k), len(classifier.class_names)))
+    class_names = classifier.predictor.class_names
 
     def classify(photo: Mapping[str, Any] | None) -> tuple[dict[str, float] | None, np.ndarray | None]:
         # The upload arrives unprocessed (preprocess=False): gr.Image would decode it first and hide our message.
@@ -145,21 +127,21 @@ def build_demo(
             probabilities, overlay = classifier(photo["path"], name=photo.get("orig_name"))
         except ValueError as error:
             raise gr.Error(str(error)) from None
-        values, indices = probabilities.topk(top_k)
-        return {classifier.class_names[i]: float(v) for v, i in zip(values, indices.tolist(), strict=True)}, overlay
+        return dict(top_classes(probabilities, class_names, top_k)), overlay
 
-    net = classifier.module.hparams.net
-    names = ", ".join(classifier.class_names)
+    net = classifier.net
+    names = ", ".join(class_names)
     with gr.Blocks(title=f"vitlit: {classifier.path.name}", analytics_enabled=False) as demo:
         gr.Markdown(
             f"## vitlit: {classifier.path.name}\n"
             f"A ViT ({net['depth']} blocks, width {net['embed_dim']}, {net['image_size']} px) that knows "
-            f"{len(classifier.class_names)} classes: {names}. Drop or pick a photo."
+            f"{len(class_names)} classes: {names}. Drop or pick a photo."
         )
         with gr.Row():
             photo = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Photo", elem_id="photo")
             with gr.Column():
-                label = gr.Label(num_top_classes=top_k, label=f"Top {top_k}", elem_id="prediction")
+                shown = top_k_shown(top_k, len(class_names))
+                label = gr.Label(num_top_classes=shown, label=f"Top {shown}", elem_id="prediction")
                 overlay = gr.Image(
                     type="numpy", format="png", interactive=False, label="Attention rollout", elem_id="attention"
                 )
@@ -173,7 +155,7 @@ def build_demo(
 def main(cfg: DictConfig) -> None:
     with user_errors_as_messages():
         try:
-            demo = build_demo(cfg.ckpt_path, cfg.top_k, cfg.examples, cfg.examples_root)
+            demo = build_demo(cfg.ckpt_path, cfg.top_k, cfg.examples, cfg.examples_root, cfg.get("device", "auto"))
         except ModuleNotFoundError as error:
             sys.exit(f"Error: {error}")
     try:

@@ -18,15 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 from vitlit.configs import CONFIG_DIR
 from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.data.streaming import StreamingDataModule
-from vitlit.reporting.report import RunReport
-from vitlit.training.checkpoints import (
+from vitlit.inference.checkpoint import (
     EVAL_TRANSFORM_KEYS,
-    class_names,
-    classifier_from_checkpoint,
+    checkpoint_class_names,
     data_settings,
     eval_transform_settings,
     read_checkpoint,
 )
+from vitlit.reporting.report import RunReport
+from vitlit.training.checkpoints import classifier_from_checkpoint
 from vitlit.training.trainer import build_trainer, finish_loggers
 from vitlit.user_errors import user_errors_as_messages
 
@@ -70,10 +70,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = classifier_from_checkpoint(checkpoint)
     datamodule = data_module(data_arguments(checkpoint, cfg.get("data")))
     datamodule.prepare_data()
-    if tuple(datamodule.class_names) != class_names(checkpoint):
+    if tuple(datamodule.class_names) != checkpoint_class_names(checkpoint):
         source = datamodule.root / "train" if hasattr(datamodule, "root") else datamodule.input_dir
         raise ValueError(
-            f"the checkpoint was trained on the classes {list(class_names(checkpoint))}, but {source} "
+            f"the checkpoint was trained on the classes {list(checkpoint_class_names(checkpoint))}, but {source} "
             f"holds {list(datamodule.class_names)}; evaluate on images of the same classes"
         )
 
@@ -82,7 +82,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     for report in reports:  # the training history the checkpoint carries, for curves.png
         report.load_state_dict(checkpoint.get("callbacks", {}).get(report.state_key, {}))
 
-    log.info("evaluating %s (classes: %s)", cfg.ckpt_path, ", ".join(class_names(checkpoint)))
+    log.info("evaluating %s (classes: %s)", cfg.ckpt_path, ", ".join(checkpoint_class_names(checkpoint)))
     trainer.test(module, datamodule=datamodule)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     for report in reports:

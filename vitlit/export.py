@@ -27,9 +27,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_fractions
+from vitlit.inference.checkpoint import (
+    checkpoint_class_names,
+    eval_transform_settings,
+    network_from_checkpoint,
+    read_checkpoint,
+)
+from vitlit.inference.predictor import average_logits, normalize
 from vitlit.models.vit import ViT
 from vitlit.models.weight_formats import TIMM, TORCHVISION, CheckpointFormat
 from vitlit.models.weights import few_keys
+from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +102,9 @@ def export_weights(model: ViT, path: str | os.PathLike, layout: str = "timm") ->
 class ServingGraph(nn.Module):
     """What the ONNX file computes: images (N, 3, S, S) uint8 in [0, 255] (``float_input``: float in [0, 1])
     -> logits (N, classes), normalised with the checkpoint's mean/std, mirror-averaged when it tests that way
-    (``model.test_time_flip``): the same numbers as ``ViTClassifier.evaluation_logits``."""
+    (``model.test_time_flip``): :func:`vitlit.inference.predictor.normalize` and ``average_logits``, as evaluation
+    and prediction compute them. A checkpoint evaluated on several views averages the logits of one call per view.
+    """
 
     def __init__(
         self, model: ViT, mean: torch.Tensor, std: torch.Tensor, float_input: bool = False, flip: bool = False
@@ -106,12 +117,8 @@ class ServingGraph(nn.Module):
         self.flip = flip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = images.float() if self.float_input else images.float() / 255.0
-        normalised = (pixels - self.mean) / self.std
-        logits = self.model(normalised)
-        if self.flip:
-            logits = (logits + self.model(normalised.flip(-1))) / 2
-        return logits
+        pixels = (images.float() - self.mean) / self.std if self.float_input else normalize(images, self.mean, self.std)
+        return average_logits(self.model, pixels, self.flip)
 
 
 def export_onnx(graph: ServingGraph, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
@@ -168,18 +175,17 @@ def serving_metadata(checkpoint: Mapping[str, Any], graph: ServingGraph) -> dict
     """What a server needs beside the graph: class names in output order and how the evaluation prepared images
     (resize the shorter side to ``resize``, centre-crop ``image_size``; a checkpoint evaluated on several crops
     lists a ``resize`` per view, whose logits it averaged)."""
-    from vitlit.data.transforms import crop_fractions
-    from vitlit.training.checkpoints import class_names, eval_transform_settings
-
     settings = eval_transform_settings(checkpoint)
     side = graph.model.image_size
     resize = [round(side / fraction) for fraction in crop_fractions(settings.get("eval_crop_fraction", 0.875))]
     return {
-        "class_names": list(class_names(checkpoint)),
+        "class_names": list(checkpoint_class_names(checkpoint)),
         "image_size": side,
         "input": f"images (N, 3, {side}, {side}) " + ("float32 RGB in [0, 1]" if graph.float_input else "uint8 RGB"),
         "resize": resize[0] if len(resize) == 1 else resize,
         "interpolation": settings.get("interpolation", "bilinear"),
+        # JPEGs decoded at a reduced scale first (PIL's Image.draft(None, (n, n))), as evaluation did; null: full size
+        "jpeg_draft_size": max(resize) if settings["fast_decode"] else None,
         "mean": [round(float(value), 6) for value in graph.mean.flatten()],  # float32 buffers: 0.485, not 0.48500001
         "std": [round(float(value), 6) for value in graph.std.flatten()],
         "test_time_flip": graph.flip,
@@ -211,16 +217,15 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("--float-input is for --format onnx")
     if output.exists():  # checked before the (slow) checkpoint load
         parser.exit(1, f"Error: {output} already exists; choose a new file name (vitlit never overwrites one)\n")
-    from vitlit.training.checkpoints import classifier_from_checkpoint, read_checkpoint
-    from vitlit.user_errors import user_errors_as_messages  # imports Lightning: for the command line only
-
     with user_errors_as_messages():
         checkpoint = read_checkpoint(args.checkpoint)
-        module = classifier_from_checkpoint(checkpoint)
-        log.info("classes (output order): %s", ", ".join(module.hparams.class_names))
+        network = network_from_checkpoint(checkpoint)
+        log.info("classes (output order): %s", ", ".join(checkpoint_class_names(checkpoint)))
         if export_format == "safetensors":
-            return export_weights(module.model, output, args.layout or "timm")
-        graph = ServingGraph(module.model, module.mean, module.std, args.float_input, module.test_time_flip)
+            return export_weights(network, output, args.layout or "timm")
+        hparams = checkpoint["hyper_parameters"]
+        mean, std = torch.tensor(hparams.get("mean", IMAGENET_MEAN)), torch.tensor(hparams.get("std", IMAGENET_STD))
+        graph = ServingGraph(network, mean, std, args.float_input, bool(hparams.get("test_time_flip", False)))
         try:
             path = export_onnx(graph, output, serving_metadata(checkpoint, graph))
         except ModuleNotFoundError as error:

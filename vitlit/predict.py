@@ -2,8 +2,8 @@
 
 Prints the top-k classes per image (a table, or JSON with ``json=true``), writes ``predictions.json``
 and a copy of each image titled ``Pred: pizza | Prob: 0.921`` (``annotated/``) into its own run
-folder, ``outputs/predict/runs/<date>_<time>/``. Class names and the eval transform come from the
-checkpoint. See conf/predict.yaml.
+folder, ``outputs/predict/runs/<date>_<time>/``. Class names and the eval views come from the
+checkpoint (:class:`vitlit.inference.Predictor`); Lightning is never imported. See conf/predict.yaml.
 """
 
 from __future__ import annotations
@@ -11,27 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig
-from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
 from vitlit.configs import CONFIG_DIR
-from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
+from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image
+from vitlit.inference.predictor import ImageDecodeError, Predictor, top_classes
 from vitlit.reporting.console import RichConsoleHandler
 from vitlit.reporting.figures import annotated_image_figure, prediction_title, save_figure
-from vitlit.training.checkpoints import (
-    checkpoint_eval_transform,
-    class_names,
-    classifier_from_checkpoint,
-    read_checkpoint,
-)
 from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger(__name__)
@@ -67,22 +60,6 @@ def image_files(inputs: str | Sequence[str]) -> tuple[dict[Path, Path], dict[Pat
     return files, problems
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; anything else is passed to ``torch.device``."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _unique_name(name: Path, taken: set[Path]) -> Path:
     """``name`` with a .png suffix, numbered when an earlier image already took it."""
     candidate, number = name.with_suffix(".png"), 1
@@ -101,45 +78,33 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     ``{"path", "error"}`` per input that could not be classified (missing, not an image, undecodable). Also writes
     them to ``<cfg.paths.output_dir>/predictions.json``. Raises when no input could be classified.
     """
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    names = class_names(checkpoint)
-    transform = checkpoint_eval_transform(checkpoint)
-    device = resolve_device(cfg.get("device", "auto"))
-    module = classifier_from_checkpoint(checkpoint).to(device)
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.get("device", "auto"))
     names_of_files, problems = image_files(list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs))
     files = list(names_of_files)
-    top_k = max(1, min(int(cfg.top_k), len(names)))
     output_dir = Path(cfg.paths.output_dir)
     taken: set[Path] = set()
-    log.info("classifying %d images with %s on %s", len(files), cfg.ckpt_path, device)
+    log.info("classifying %d images with %s on %s", len(files), cfg.ckpt_path, predictor.device)
 
     records = []
-    for batch_of_files in _batches(files, int(cfg.batch_size)):
+    batch_size = int(cfg.batch_size)
+    for start in range(0, len(files), batch_size):
         batch, images = [], []
-        for path in batch_of_files:
+        for path in files[start : start + batch_size]:
             try:
-                images.append(load_rgb(path))
+                images.append(predictor.load_image(path))
                 batch.append(path)
-            except (UnidentifiedImageError, OSError) as error:
-                problems[path] = f"cannot be decoded ({error})"
-        if not batch:
-            continue
-        with torch.no_grad():
-            inputs_tensor = torch.stack([transform(image) for image in images]).to(device)
-            probabilities = module.evaluation_logits(inputs_tensor).float().softmax(dim=-1).cpu()
-        for path, image, row in zip(batch, images, probabilities, strict=True):
-            values, indices = row.topk(top_k)
+            except ImageDecodeError as error:
+                problems[path] = str(error)
+        for path, image, row in zip(batch, images, predictor.probabilities(images, batch_size), strict=True):
+            top = top_classes(row, predictor.class_names, cfg.top_k)
             record: dict[str, Any] = {
                 "path": str(path),
-                "predictions": [
-                    {"class": names[i], "probability": float(v)} for v, i in zip(values, indices.tolist(), strict=True)
-                ],
-                "probabilities": {name: float(p) for name, p in zip(names, row, strict=True)},
+                "predictions": [{"class": name, "probability": probability} for name, probability in top],
+                "probabilities": {name: float(p) for name, p in zip(predictor.class_names, row, strict=True)},
             }
             if cfg.get("annotate", True):
-                title = prediction_title(names[int(indices[0])], float(values[0]))
                 target = output_dir / "annotated" / _unique_name(names_of_files[path], taken)
-                save_figure(annotated_image_figure(image.permute(1, 2, 0).numpy(), title), target)
+                save_figure(annotated_image_figure(image.permute(1, 2, 0).numpy(), prediction_title(*top[0])), target)
                 record["annotated"] = str(target)
             records.append(record)
 
@@ -156,15 +121,18 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
-    """One row per image: its path and the top-k classes with their probabilities."""
+    """One row per input: its path and the top-k classes with their probabilities, or why it was not classified."""
     table = Table(title="Predictions", title_justify="left")
     table.add_column("image", overflow="fold")  # the full path, folded, never cut
-    for rank in range(max((len(record["predictions"]) for record in records), default=0)):
+    ranks = max((len(record.get("predictions", ())) for record in records), default=0)
+    for rank in range(ranks):
         table.add_column(f"#{rank + 1}")
         table.add_column("prob", justify="right")
+    if not ranks:
+        table.add_column("#1")
     for record in records:
         if "error" in record:
-            table.add_row(record["path"], f"[red]{record['error']}[/red]")
+            table.add_row(record["path"], f"[red]not classified: {record['error']}[/red]")
             continue
         cells = [record["path"]]
         for prediction in record["predictions"]:

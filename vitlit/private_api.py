@@ -7,6 +7,7 @@ failing somewhere deep. Imports nothing of vitlit; any layer may import it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -38,3 +39,20 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX); elsewhere bf16 matmuls are emulated,
     hundreds of times slower than float32. torch answers only through these private checks."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def fit_loop_progress(checkpoint: Mapping[str, Any]) -> tuple[dict[str, int] | None, dict[str, Any]]:
+    """A Lightning checkpoint's record of how far fitting got: (the epoch counters ``{"processed", "completed",
+    ...}`` or None, the epoch loop's batch progress ``{"current": {...}, "is_last_batch": ...}`` or {})."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    return loop.get("epoch_progress", {}).get("current"), loop.get("epoch_loop.batch_progress", {})
+
+
+def batches_started_in_epoch(trainer: Any) -> int:
+    """How many training batches of the current epoch the trainer has started (the loop's progress counter)."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
+def at_last_batch_of_epoch(trainer: Any) -> bool:
+    """Whether the training batch the trainer last ran was its epoch's last."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)

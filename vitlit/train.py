@@ -1,26 +1,32 @@
 """Train a ViT: ``vitlit-train [overrides]`` (or ``python train.py``, ``python -m vitlit.train``); ``-m key=a,b``
 sweeps. See conf/train.yaml; ``--config-dir <folder>`` adds configs of your own.
+
+Hydra composes the config before torch and Lightning are imported (they load inside :func:`main`), so
+``--help``, ``--cfg job`` and a misspelled key are answered at once.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from vitlit.configs import CONFIG_DIR
-from vitlit.training.compat import removed_key_message
-from vitlit.training.pipeline import train
-from vitlit.training.sweep import FailedJob, is_multirun
+from vitlit.inference.compat import removed_key_message
 from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger("vitlit.train")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | FailedJob | None:
+def main(cfg: DictConfig) -> Any:
+    """One training run (or sweep job): the metric named by ``optimized_metric``, for a sweeper."""
+    from vitlit.training.pipeline import train
+    from vitlit.training.sweep import FailedJob, is_multirun
+
     if is_multirun():
         try:
             metrics = train(cfg)

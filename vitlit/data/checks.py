@@ -146,14 +146,6 @@ def log_dataset_summary(splits: Mapping[str, ImageFolderSplit], root: Path) -> N
     log.info("dataset %s: images per class and split\n%s", root, dataset_summary(splits))
 
 
-def check_loader_settings(batch_size: int, num_workers: int | None) -> None:
-    """Refuse a batch size below 1 and a negative worker count (None: one worker per CPU core)."""
-    if batch_size < 1:
-        raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
-    if num_workers is not None and num_workers < 0:
-        raise ValueError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
-
-
 def check_batch_size(batch_size: int, num_images: int, drop_last: bool) -> None:
     """Note a batch larger than the training set: the loader keeps its one partial batch even with ``drop_last``,
     since dropping it would leave an epoch with nothing to train on."""

@@ -16,17 +16,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
-from vitlit.data.checks import (
-    BAD_IMAGE_POLICIES,
-    check_batch_size,
-    check_loader_settings,
-    drop_bad_images,
-    log_dataset_summary,
-)
+from vitlit.data.checks import BAD_IMAGE_POLICIES, check_batch_size, drop_bad_images, log_dataset_summary
+from vitlit.data.image_datamodule import ImageDataModule, stage_sources
 from vitlit.data.image_folder import (
     ImageFolderDataset,
     ImageFolderSplit,
@@ -37,12 +30,12 @@ from vitlit.data.image_folder import (
     scan_split,
     stratified_split,
 )
-from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipeline_settings, pipelines
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(ImageDataModule):
     """Train/validation/test loaders over an image folder (see the module docstring for the layout).
 
     Batches are (images uint8 (B, 3, S, S), labels int64 (B,)); the LightningModule normalises the
@@ -89,21 +82,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         super().__init__()
         # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
         self.save_hyperparameters()
-        check_loader_settings(batch_size, num_workers)
+        self.configure_batches(batch_size, num_workers, pin_memory)
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"data.bad_images={bad_images!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
         self.bad_images = bad_images
         self.root = Path(root).expanduser().resolve()
-        self.batch_size = batch_size
-        self.num_workers = available_cpus() if num_workers is None else num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.download = download
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform, self.eval_transform, self.draft_size = pipelines(**pipeline_settings(self.hparams))
         self.cache = cache
         self.drop_last = drop_last
         self.splits: dict[str, ImageFolderSplit] = {}
@@ -136,12 +122,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def stage_folders(self) -> dict[str, str]:
         """Which split folder each stage reads: {"train": "train", "val": "val"|"test", "test": "test"|"val"}."""
-        present = [name for name in ("val", "test") if (self.root / name).is_dir()]
-        if not present:
-            raise FileNotFoundError(
-                f"{self.root} has neither val/ nor test/; add one (laid out like {self.root}/train/<class>/*.jpg)"
-            )
-        return {"train": "train", "val": present[0], "test": present[-1]}
+        return stage_sources([name for name in ("val", "test") if (self.root / name).is_dir()], str(self.root))
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -186,11 +167,11 @@ class ImageFolderDataModule(L.LightningDataModule):
             log.info("%-5s uses %s (%d images: %s)", stage_name, split.path, len(split.samples), counts)
         log_dataset_summary(self.splits, self.root)
 
-    def _loader(self, stage: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, stage: str, drop_last: bool) -> DataLoader:
         return DataLoader(
             self.datasets[stage],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=stage == "train",
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
@@ -201,10 +182,4 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Keep a partial batch when it is all there is (each process sees 1/world_size of the images).
         world_size = self.trainer.world_size if self.trainer is not None else 1
         full_batch = len(self.datasets["train"]) >= self.batch_size * world_size
-        return self._loader("train", shuffle=True, drop_last=self.drop_last and full_batch)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("train", drop_last=self.drop_last and full_batch)

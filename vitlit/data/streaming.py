@@ -18,13 +18,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 
-from vitlit.data.checks import check_loader_settings
-from vitlit.data.image_folder import available_cpus, load_rgb
+from vitlit.data.image_datamodule import ImageDataModule, stage_sources
+from vitlit.data.image_folder import load_rgb
 from vitlit.data.shards import import_litdata, read_classes_file
-from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pipeline_settings, pipelines
+from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitlit.private_api import at_last_batch_of_epoch
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def resumable_loader_class() -> type:
     return ResumableStreamingDataLoader
 
 
-class StreamingDataModule(L.LightningDataModule):
+class StreamingDataModule(ImageDataModule):
     """Train/validation/test loaders streaming the LitData shards at ``input_dir`` (a folder or ``s3://...``).
 
     Batches are (images uint8 (B, 3, S, S), labels int64 (B,)), as :class:`ImageFolderDataModule`'s; the
@@ -102,16 +102,11 @@ class StreamingDataModule(L.LightningDataModule):
         super().__init__()
         # Checkpoints keep these ("datamodule_hyper_parameters"): eval and predict rebuild the eval transform from them.
         self.save_hyperparameters()
-        check_loader_settings(batch_size, num_workers)
+        self.configure_batches(batch_size, num_workers, pin_memory)
         import_litdata()  # the clear install message now, not in a loader worker
         self.input_dir = str(input_dir).rstrip("/")
-        self.batch_size = batch_size
-        self.num_workers = available_cpus() if num_workers is None else num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.shuffle, self.shuffle_seed, self.drop_last = shuffle, shuffle_seed, drop_last
         self.cache_dir, self.max_cache_size, self.storage_options = cache_dir, max_cache_size, storage_options or {}
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform, self.eval_transform, self.draft_size = pipelines(**pipeline_settings(self.hparams))
         self._classes_file: dict | None = None
         self.datasets: dict[str, Any] = {}
         self._train_loader: Any = None
@@ -134,10 +129,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     def stage_splits(self) -> dict[str, str]:
         """Which split each stage reads: {"train": "train", "val": "val"|"test", "test": "test"|"val"}."""
-        present = [name for name in ("val", "test") if name in self.classes_file["splits"]]
-        if not present:
-            raise FileNotFoundError(f"the shard set {self.input_dir} has neither val/ nor test/; optimise one with it")
-        return {"train": "train", "val": present[0], "test": present[-1]}
+        return stage_sources(self.classes_file["splits"], f"the shard set {self.input_dir}")
 
     def _dataset(self, split: str, train: bool) -> Any:
         cache_dir = f"{self.cache_dir.rstrip('/')}/{split}" if self.cache_dir else None
@@ -183,7 +175,7 @@ class StreamingDataModule(L.LightningDataModule):
         """Mid-epoch: the training loader's LitData state (what the epoch has yielded); between epochs: the epoch."""
         if self._train_loader is None or self.trainer is None:
             return {}
-        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the next epoch starts afresh
+        if at_last_batch_of_epoch(self.trainer):  # the next epoch starts afresh
             return {"epoch": self._train_loader.current_epoch}
         return {"train_loader": self._train_loader.state_dict()}
 
@@ -200,8 +192,3 @@ class StreamingDataModule(L.LightningDataModule):
         elif "epoch" in state:  # the next epoch shuffles as it would have without the restart
             self._train_loader.current_epoch = state["epoch"]
 
-    def val_dataloader(self) -> Any:
-        return self._loader("val", drop_last=False)
-
-    def test_dataloader(self) -> Any:
-        return self._loader("test", drop_last=False)

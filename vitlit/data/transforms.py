@@ -47,8 +47,6 @@ def train_transform(
     ``random_erasing`` is the probability of erasing one random rectangle (Zhong et al. 2020) to the mean
     colour, i.e. to zero after normalisation (timm's ``re_mode="const"``); in uint8 it is the rounded mean.
     """
-    if not 0.0 <= random_erasing <= 1.0:
-        raise ValueError(f"data.random_erasing must be a probability in [0, 1], got {random_erasing}")
     steps = [
         v2.RandomResizedCrop(
             image_size, scale=tuple(crop_scale), interpolation=_interpolation(interpolation), antialias=True
@@ -145,11 +143,8 @@ def pipeline_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def crop_fractions(crop_fraction: float | Sequence[float]) -> tuple[float, ...]:
-    """``data.eval_crop_fraction`` (one fraction or a list) as a checked tuple of fractions."""
-    fractions = (crop_fraction,) if isinstance(crop_fraction, (int, float)) else tuple(crop_fraction)
-    if not fractions or not all(isinstance(f, (int, float)) and 0.0 < f <= 1.0 for f in fractions):
-        raise ValueError(f"data.eval_crop_fraction must be in (0, 1], or a non-empty list of such, got {crop_fraction}")
-    return fractions
+    """``data.eval_crop_fraction`` (one fraction or a list) as a tuple of fractions (their range: config_checks)."""
+    return (crop_fraction,) if isinstance(crop_fraction, (int, float)) else tuple(crop_fraction)
 
 
 class StackedViews(torch.nn.Module):

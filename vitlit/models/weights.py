@@ -46,8 +46,8 @@ class LoadedWeights:
     resampled_from: tuple[int, int] | None = None
 
 
-def read_checkpoint(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (or a Hugging Face folder) into a flat {key: tensor} dict, without running code.
+def read_weight_file(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a pretrained weight file (or a Hugging Face folder) into a flat {key: tensor} dict, without running code.
 
     ``.safetensors`` via safetensors, ``.npz`` via ``numpy.load(allow_pickle=False)``, anything else via
     ``torch.load(weights_only=True)``. Training checkpoints that wrap the weights (``state_dict``,
@@ -229,9 +229,9 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
     if text.startswith("torchvision:"):
         state = torchvision_state_dict(text.removeprefix("torchvision:"), model)
     elif text.startswith(HUB_PREFIX):
-        state = read_checkpoint(hub_checkpoint_path(text.removeprefix(HUB_PREFIX)))
+        state = read_weight_file(hub_checkpoint_path(text.removeprefix(HUB_PREFIX)))
     else:
-        state = read_checkpoint(source)
+        state = read_weight_file(source)
     checkpoint_format, prefix = detect_format(state)
     backbone, head = convert_state_dict(state, model, checkpoint_format, prefix)
 

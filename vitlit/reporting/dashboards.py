@@ -12,7 +12,7 @@ from vitlit.reporting.loggers import log_figure, log_scalars, takes_images
 from vitlit.reporting.stage_results import StageResultsCallback, StageSummary, display_sample
 
 
-class TensorBoardDashboards(StageResultsCallback):
+class Dashboards(StageResultsCallback):
     """Sends pictures to the loggers after every validation epoch (``val/...``) and test run (``test/...``):
     TensorBoard's IMAGES tab, MLflow artifacts, W&B media (:mod:`vitlit.reporting.loggers`).
 

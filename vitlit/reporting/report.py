@@ -67,6 +67,9 @@ def results_table(metrics: Mapping[str, float], summary: StageSummary | None = N
     console = Console(file=io.StringIO(), width=100, color_system=None)
     for item in tables:
         console.print(item)
+    if summary is not None:
+        total = int(summary.counts.sum())
+        console.print(f"{stage}: {total - int(summary.counts.trace())} of {total} images misclassified")
     return console.file.getvalue().rstrip()
 
 

@@ -1,5 +1,6 @@
 """Checks config values, before anything is built: against the type hints of the classes they configure, and
-the numbers a user types against the ranges where they mean something.
+the numbers a user types against the ranges where they mean something (``VALUE_RANGES``: the one place where
+ranges are written; the constructors do not check them again).
 
 ``data.batch_size=abc`` would otherwise fail deep inside a constructor as ``'<' not supported between
 instances of 'str' and 'int'``; here it becomes ``data.batch_size='abc' is a str; ImageFolderDataModule
@@ -126,7 +127,8 @@ def check_config_types(cfg: DictConfig) -> None:
 
 
 def _fractions(value: Any) -> bool:
-    return all(0 < v <= 1 for v in (value if isinstance(value, (list, tuple)) else [value]))
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return bool(values) and all(0 < v <= 1 for v in values)
 
 
 def _probability(value: Any) -> bool:
@@ -153,6 +155,9 @@ VALUE_RANGES: dict[str, tuple[Any, str]] = {
     "model.net.patch_drop_rate": (_probability, "in [0, 1)"),
     "model.scheduler.warmup": (lambda v: v >= 0, "0 or more (a step count, or a fraction below 1)"),
     "model.scheduler.min_lr": (lambda v: v >= 0, "0 or more"),
+    "model.layer_decay": (lambda v: v is None or 0 < v <= 1, "in (0, 1], or null"),
+    "model.relative_localization_weight": (lambda v: v >= 0, ">= 0 (0 disables it)"),
+    "data.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "trainer.max_epochs": (lambda v: v is None or v == -1 or v >= 1, "at least 1 (-1: no limit)"),
     "trainer.accumulate_grad_batches": (lambda v: v >= 1, "at least 1"),
 }

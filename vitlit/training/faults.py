@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vitlit.private_api import batches_started_in_epoch
+
 log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0o022)
@@ -81,7 +83,7 @@ class StopOnNonFiniteLoss(L.Callback):
             last = trainer.strategy.broadcast(last, src=0)
         raise NonFiniteLossError(
             f"training loss is {what} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, "
-            f"batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready}); learning rate {rates[0]:.3g}. "
+            f"batch {batches_started_in_epoch(trainer)}); learning rate {rates[0]:.3g}. "
             f"Stopped without applying it. Last good checkpoint: {last or 'none saved yet'}. "
             "Try a lower model.optimizer.lr, a longer warm-up (model.scheduler.warmup) or trainer.precision=32-true."
         )

@@ -15,11 +15,12 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitlit.inference.compat import upgrade_module_hparams, upgrade_net
+from vitlit.inference.predictor import average_logits, normalize
 from vitlit.models.relative_localization import DenseRelativeLocalization
 from vitlit.models.vit import ViT
 from vitlit.models.weights import load_pretrained
 from vitlit.private_api import is_compiled, mark_batch_dynamic
-from vitlit.training.compat import upgrade_module_hparams, upgrade_net
 from vitlit.training.feature_cache import FeatureCache
 from vitlit.training.schedule import resumed_total_steps
 
@@ -90,8 +91,6 @@ class ViTClassifier(L.LightningModule):
         self.model = ViT(num_classes=num_classes, **net)
         if weights:
             load_pretrained(self.model, weights, load_head=load_head)
-        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"model.layer_decay must be in (0, 1] or null, got {layer_decay}")
         self.layer_decay = layer_decay
         self.compile_model = compile
         # Buffers follow the module to its device and dtype; not persistent, as the hparams hold them.
@@ -103,10 +102,6 @@ class ViTClassifier(L.LightningModule):
         self.freeze_backbone = freeze_backbone
         self.batch_mixing = batch_mixing(num_classes) if batch_mixing is not None else None
         self.test_time_flip = test_time_flip
-        if relative_localization_weight < 0:
-            raise ValueError(
-                f"model.relative_localization_weight must be >= 0 (0 disables it), got {relative_localization_weight}"
-            )
         self.relative_localization_weight = relative_localization_weight
         width = self.model.class_embedding.shape[-1]
         self.relative_localization = DenseRelativeLocalization(width) if relative_localization_weight > 0 else None
@@ -133,9 +128,7 @@ class ViTClassifier(L.LightningModule):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images in [0, 255] -> float images normalised with ``mean``/``std``; float images pass unchanged."""
-        if images.is_floating_point():
-            return images
-        return (images.float() / 255.0 - self.mean) / self.std
+        return normalize(images, self.mean, self.std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, rest = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], list(batch[1:]))
@@ -156,14 +149,9 @@ class ViTClassifier(L.LightningModule):
         """Logits for evaluation: ``forward``, averaged with the mirrored images' logits when ``test_time_flip``.
 
         Images (B, V, 3, H, W) hold V views of each image (``data.eval_crop_fraction`` as a list): their
-        logits are averaged too.
+        logits are averaged too (:func:`vitlit.inference.predictor.average_logits`, as prediction does).
         """
-        views = images.shape[1] if images.ndim == 5 else 1
-        images = images.flatten(0, 1) if images.ndim == 5 else images
-        logits = self(images)
-        if self.test_time_flip:
-            logits = (logits + self(images.flip(-1))) / 2
-        return logits.unflatten(0, (-1, views)).mean(dim=1)
+        return average_logits(self, images, self.test_time_flip)
 
     def train(self, mode: bool = True) -> ViTClassifier:
         super().train(mode)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +45,18 @@ def resolve_checkpoint_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(max(existing, key=lambda path: path.stat().st_mtime_ns))
 
 
+@contextmanager
+def intended_lightning_warnings_silenced() -> Iterator[None]:
+    """Silence, for the length of a fit, two Lightning warnings about what vitlit does on purpose (the filters are
+    restored afterwards: nothing process-wide is left behind)."""
+    with warnings.catch_warnings():
+        # The module, not the data module, normalises batches (its checkpoint holds mean/std).
+        warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule` but")
+        # A frozen backbone is kept in eval mode on purpose (no dropout in a feature extractor): ViTClassifier.train().
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        yield
+
+
 def _scalars(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
@@ -74,11 +88,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    # The module, not the data module, normalises batches (its checkpoint holds mean/std): that is intended.
-    warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule` but")
-    # A frozen backbone is kept in eval mode on purpose (no dropout in a feature extractor): ViTClassifier.train().
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with intended_lightning_warnings_silenced():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _scalars(trainer.callback_metrics)
     fit_steps = trainer.global_step
 

@@ -13,6 +13,8 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from vitlit.private_api import fit_loop_progress
+
 log = logging.getLogger(__name__)
 
 
@@ -121,8 +123,7 @@ def resumed_total_steps(checkpoint: dict[str, Any], total_steps: int, max_epochs
     """The last step of a run resumed from ``checkpoint``: its steps so far plus what the epochs it has left take
     now. Lightning's estimate (``total_steps``: ``max_epochs`` times today's steps per epoch) is wrong when the
     epochs already done had another length (another device count, batch size or accumulation)."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    epochs, batches = loop.get("epoch_progress", {}).get("current"), loop.get("epoch_loop.batch_progress", {})
+    epochs, batches = fit_loop_progress(checkpoint)
     if not epochs or "current" not in batches or max_epochs < 1 or total_steps % max_epochs:
         return total_steps  # max_steps caps the run, or a checkpoint without loop state: Lightning's estimate
     steps_per_epoch = total_steps // max_epochs
