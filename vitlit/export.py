@@ -2,6 +2,10 @@
 
     python -m vitlit.export outputs/train/runs/<run>/checkpoints/last.ckpt vit_timm.safetensors --layout timm
     python -m vitlit.export outputs/train/runs/<run>/checkpoints/last.ckpt vit.onnx [--float-input]
+    python -m vitlit.export outputs/train/runs/<run>/checkpoints/last.ckpt my_model/ --layout transformers  (or timm)
+
+A folder target (:mod:`vitlit.export_folder`) is what ``transformers.pipeline(model=...)`` or
+``timm.create_model("local-dir:...")`` opens by itself, with a model card; ``hf upload org/name my_model/`` shares it.
 
 Load the safetensors file with ``safetensors.torch.load_file`` and ``load_state_dict`` into
 ``torchvision.models.vit_b_16(num_classes=C)`` or ``timm.create_model("vit_base_patch16_224", num_classes=C)``
@@ -198,7 +202,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--format", choices=EXPORT_FORMATS, default=None, help="default: onnx for a .onnx output, else safetensors"
     )
-    parser.add_argument("--layout", choices=sorted(EXPORT_LAYOUTS), default=None, help="safetensors names (timm)")
+    parser.add_argument(
+        "--layout",
+        choices=sorted([*EXPORT_LAYOUTS, "transformers"]),
+        default=None,
+        help="safetensors names (timm); transformers, or timm with a folder target: a folder the library opens",
+    )
     parser.add_argument("--float-input", action="store_true", help="onnx: float32 images in [0, 1] instead of uint8")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -207,10 +216,13 @@ def main(argv: list[str] | None = None) -> Path:
     export_format = output_format(output, args.format)
     if export_format == "onnx" and args.layout:
         parser.error("--layout names safetensors weights; an ONNX graph has no layout")
+    if args.layout == "transformers" and output.suffix in (".safetensors", ".onnx"):
+        parser.error("--layout transformers writes a folder: name one, e.g. my_model/")
     if export_format == "safetensors" and args.float_input:
         parser.error("--float-input is for --format onnx")
     if output.exists():  # checked before the (slow) checkpoint load
         parser.exit(1, f"Error: {output} already exists; choose a new file name (vitlit never overwrites one)\n")
+    from vitlit.export_folder import export_folder, writes_folder
     from vitlit.training.checkpoints import classifier_from_checkpoint, read_checkpoint
     from vitlit.user_errors import user_errors_as_messages  # imports Lightning: for the command line only
 
@@ -218,6 +230,10 @@ def main(argv: list[str] | None = None) -> Path:
         checkpoint = read_checkpoint(args.checkpoint)
         module = classifier_from_checkpoint(checkpoint)
         log.info("classes (output order): %s", ", ".join(module.hparams.class_names))
+        if export_format == "safetensors" and writes_folder(output, args.layout):
+            path = export_folder(args.checkpoint, checkpoint, module, output, args.layout)
+            log.info("wrote %s (%s layout): %s", path, args.layout, ", ".join(sorted(p.name for p in path.iterdir())))
+            return path
         if export_format == "safetensors":
             return export_weights(module.model, output, args.layout or "timm")
         graph = ServingGraph(module.model, module.mean, module.std, args.float_input, module.test_time_flip)
