@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import yaml
 from test_export import save_checkpoint
 from test_weights import TINY, images, max_diff, perturbed
+from test_weights_hub import cache_snapshot, offline_hub_cache  # noqa: F401 (a fixture)
 
 from vitlit.export import main
 from vitlit.models.library_folders import Preprocessing, image_processor_config
@@ -139,3 +141,81 @@ def test_model_card_without_a_run_folder_invents_nothing(tmp_path: Path):
     metadata = front_matter(card)
     assert metadata["library_name"] == "timm" and "model-index" not in metadata and "metrics" not in metadata
     assert "## Results" not in card and "## Training" not in card and "date" not in card
+
+
+# --- read back from the Hub: model.weights=hf-hub:org/name ---------------------------------------------------------
+
+
+@pytest.fixture
+def hub_model(tmp_path: Path, offline_hub_cache: Path, request) -> tuple[str, ViTClassifier]:
+    """An exported folder (layout: the test's parameter) as the Hub's cache holds ``org/name`` after a download."""
+    path, module = checkpoint(tmp_path)
+    folder = main([str(path), str(tmp_path / "my_model"), "--layout", request.param])
+    snapshot = cache_snapshot(offline_hub_cache, "org/name")
+    for file in folder.iterdir():
+        shutil.copy(file, snapshot / file.name)
+    return "hf-hub:org/name", module
+
+
+def reloaded(weights: str, class_names: list[str]) -> ViTClassifier:
+    return ViTClassifier(net=dict(TINY), class_names=class_names, weights=weights, load_head=True).eval()
+
+
+@pytest.mark.parametrize("hub_model", ["transformers", "timm"], indirect=True)
+@torch.no_grad()
+def test_hub_folder_loads_back_with_its_head_for_the_same_classes(hub_model):
+    weights, original = hub_model
+    assert max_diff(reloaded(weights, CLASSES).model(images(32)), original.model(images(32))) <= 1e-5
+    reordered = reloaded(weights, ["sushi", "pizza", "steak"]).model(images(32))
+    assert max_diff(reordered, original.model(images(32))[:, [2, 0, 1]]) <= 1e-5
+
+
+@pytest.mark.parametrize("hub_model", ["transformers", "timm"], indirect=True)
+@pytest.mark.parametrize("classes", [["cat", "dog", "fox"], ["cat", "dog"]], ids=["other names", "other count"])
+@torch.no_grad()
+def test_hub_folder_for_other_classes_gives_a_backbone_with_a_new_head(hub_model, classes: list[str]):
+    weights, original = hub_model
+    module = reloaded(weights, classes)
+    assert torch.equal(module.model.classifier.head.weight, torch.zeros(len(classes), TINY["embed_dim"]))
+    assert max_diff(module.model.pre_logits(images(32)), original.model.pre_logits(images(32))) <= 1e-5
+
+
+# --- the real photos: transformers' pipeline against vitlit.predict --------------------------------------------------
+
+
+@pytest.mark.integration
+def test_pipeline_picks_vitlits_class_on_the_real_test_photos(real_data_dir: Path, tmp_path: Path):
+    """A class-token micro ViT trained for 2 epochs on pizza_steak_sushi, exported: the pipeline's top-1 equals
+    vitlit.predict's on the 75 test photos, except near-ties (vitlit's top-2 probability margin < 1e-3)."""
+    from conftest import TINY_RUN, compose_config
+    from test_eval_predict import command_config
+
+    from vitlit.predict import predict
+    from vitlit.training import train
+
+    data = real_data_dir / "pizza_steak_sushi"
+    overrides = [*(o for o in TINY_RUN if not o.startswith("data.batch_size")), f"data.root={data}", "data.batch_size=32"]
+    train(compose_config([*overrides, "test=false"], tmp_path / "run"))
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    folder = main([str(checkpoint), str(tmp_path / "my_model"), "--layout", "transformers"])
+
+    photos = sorted((data / "test").rglob("*.jpg"))
+    assert len(photos) == 75
+    records = predict(
+        command_config("predict", [f"ckpt_path={checkpoint}", f"inputs={data / 'test'}", "annotate=false"], tmp_path)
+    )
+    ours = {Path(record["path"]): record["predictions"] for record in records}
+    classify = transformers.pipeline("image-classification", model=str(folder), device="cpu")
+    theirs = classify([str(path) for path in photos], top_k=2, batch_size=16)
+    near_ties, different, worst = [], [], 0.0
+    for path, their_top in zip(photos, theirs, strict=True):
+        first, second = ours[path][:2]
+        their_probability = {entry["label"]: entry["score"] for entry in their_top}.get(first["class"], 0.0)
+        worst = max(worst, abs(their_probability - first["probability"]))
+        if first["probability"] - second["probability"] < 1e-3:
+            near_ties.append(path.name)
+        elif their_top[0]["label"] != first["class"]:
+            different.append((path.name, first, their_top))
+    print(f"near-ties (not compared): {near_ties}; largest top-1 probability difference {worst:.2e}")
+    assert not different
+    assert len(near_ties) < 10  # a model that ties everywhere would prove nothing
