@@ -147,11 +147,11 @@ def test_model_card_without_a_run_folder_invents_nothing(tmp_path: Path):
 
 
 @pytest.fixture
-def hub_model(tmp_path: Path, offline_hub_cache: Path, request) -> tuple[str, ViTClassifier]:
+def hub_model(tmp_path: Path, request) -> tuple[str, ViTClassifier]:
     """An exported folder (layout: the test's parameter) as the Hub's cache holds ``org/name`` after a download."""
     path, module = checkpoint(tmp_path)
     folder = main([str(path), str(tmp_path / "my_model"), "--layout", request.param])
-    snapshot = cache_snapshot(offline_hub_cache, "org/name")
+    snapshot = cache_snapshot(request.getfixturevalue("offline_hub_cache"), "org/name")
     for file in folder.iterdir():
         shutil.copy(file, snapshot / file.name)
     return "hf-hub:org/name", module
@@ -194,7 +194,11 @@ def test_pipeline_picks_vitlits_class_on_the_real_test_photos(real_data_dir: Pat
     from vitlit.training import train
 
     data = real_data_dir / "pizza_steak_sushi"
-    overrides = [*(o for o in TINY_RUN if not o.startswith("data.batch_size")), f"data.root={data}", "data.batch_size=32"]
+    overrides = [
+        *(o for o in TINY_RUN if not o.startswith("data.batch_size")),
+        f"data.root={data}",
+        "data.batch_size=32",
+    ]
     train(compose_config([*overrides, "test=false"], tmp_path / "run"))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     folder = main([str(checkpoint), str(tmp_path / "my_model"), "--layout", "transformers"])

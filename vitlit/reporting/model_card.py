@@ -129,8 +129,7 @@ def model_card(library: str, facts: ModelFacts, run: Path | None = None) -> str:
     lines += [f"# {facts.name}", ""]
     trained = f" on `{facts.dataset}`" if facts.dataset else ""
     lines += [
-        f"A Vision Transformer image classifier trained{trained} with vitlit "
-        f"and exported for {library}.",
+        f"A Vision Transformer image classifier trained{trained} with vitlit and exported for {library}.",
         "",
         f"**Classes** ({len(facts.class_names)}, in output order): " + ", ".join(facts.class_names),
         "",
