@@ -50,6 +50,19 @@ def test_transformers_folder_gives_vitlits_logits(tmp_path: Path):
     assert max_diff(model(pixel_values=images(32)).logits, module.model(images(32))) <= 1e-5
 
 
+def test_transformers_folder_holds_the_4x_names_both_major_versions_read(tmp_path: Path):
+    """transformers 5.x converts 4.x names on load (as for the Hub's own ViT files); 4.x reads nothing else."""
+    from safetensors.torch import load_file
+
+    path, _ = checkpoint(tmp_path, FOUR_BLOCKS)
+    folder = main([str(path), str(tmp_path / "my_model"), "--layout", "transformers"])
+    keys = set(load_file(folder / "model.safetensors"))
+    assert {"classifier.weight", "vit.layernorm.weight", "vit.embeddings.cls_token"} <= keys
+    assert {f"vit.encoder.layer.3.attention.attention.{name}.weight" for name in ("query", "key", "value")} <= keys
+    assert len(keys) == 4 + 2 + 16 * 4 + 2  # embeddings (conv, class token, positions), final norm, blocks, head
+    assert json.loads((folder / "preprocessor_config.json").read_text())["image_processor_type"] == "BitImageProcessor"
+
+
 @pytest.mark.parametrize("net", [TINY, FOUR_BLOCKS, {**TINY, "pooling": "mean"}], ids=["micro", "four", "mean"])
 @torch.no_grad()
 def test_timm_folder_builds_and_loads_with_no_other_arguments(tmp_path: Path, net: dict):

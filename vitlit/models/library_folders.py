@@ -106,14 +106,16 @@ class Shape:
 
 
 def renamed_state_dict(model: ViT, checkpoint_format: CheckpointFormat, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The model's weights under ``checkpoint_format``'s names (after ``prefix``), as contiguous CPU tensors.
+    """The model's weights under ``checkpoint_format``'s names, as contiguous CPU tensors; ``prefix`` goes before
+    every name but the head's (``ViTForImageClassification`` keeps its encoder in ``vit.``, its ``classifier`` beside).
 
     A parameter the format keeps as several tensors (Hugging Face's q, k and v) is split into equal parts
     along dim 0, the inverse of the concatenation :func:`vitlit.models.weights.convert_state_dict` does.
     """
-    rules = {**checkpoint_format.top, **checkpoint_format.head}
+    rules = {ours: prefix + theirs for ours, theirs in checkpoint_format.top.items()}
+    rules.update(checkpoint_format.head)
     for index in range(len(model.transformer_encoder)):
-        block_prefix = checkpoint_format.block_prefix.format(i=index)
+        block_prefix = prefix + checkpoint_format.block_prefix.format(i=index)
         for ours, theirs in checkpoint_format.block.items():
             names = (theirs,) if isinstance(theirs, str) else tuple(theirs)
             rules[f"transformer_encoder.{index}.{ours}"] = tuple(block_prefix + name for name in names)
@@ -125,7 +127,7 @@ def renamed_state_dict(model: ViT, checkpoint_format: CheckpointFormat, prefix: 
     for key, value in own.items():
         names = (rules[key],) if isinstance(rules[key], str) else rules[key]
         for name, part in zip(names, value.detach().cpu().chunk(len(names), dim=0), strict=True):
-            state[prefix + name] = part.contiguous().clone()
+            state[name] = part.contiguous().clone()
     return state
 
 
