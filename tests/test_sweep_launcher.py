@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import CONF_DIR, REPO_ROOT, TINY_RUN
 from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from vitlit.training.resolvers import devices_per_node
 
@@ -49,6 +51,14 @@ def test_local_launcher_runs_each_job_in_its_own_process_and_summarises_them_all
     assert 0.0 <= float(rows[0]["val/acc_best"]) <= 1.0 and rows[0]["folder"] == str(sweep / "0")
     assert "not divisible by num_heads=3" in rows[1]["error"] and rows[1]["val/acc_best"] == ""
     assert "2 jobs, 1 failed, best val/acc_best first" in result.stdout
+
+    # TensorBoard's HPARAMS table: the swept key and the short named list, not the whole config.
+    events = EventAccumulator(str(sweep / "0" / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    columns = set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+    assert {"model", "model/net/num_heads", "model/optimizer/lr", "data/batch_size", "seed"} <= columns
+    assert len(columns) < 20 and not any("_target_" in column or "root" in column for column in columns)
 
 
 def test_a_job_folder_without_its_status_is_listed_as_unfinished(tmp_path: Path):

@@ -89,14 +89,21 @@ def log_scalars(loggers: Iterable[Logger], scalars: Mapping[str, float], step: i
 
 
 def log_final_hparams(
-    loggers: Iterable[Logger], hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int
+    loggers: Iterable[Logger],
+    hparams: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    step: int,
+    compared: Mapping[str, Any] | None = None,
 ) -> None:
     """The run's hyperparameters with its final metrics beside them: TensorBoard's HPARAMS tab
-    (``log_hyperparams(params, metrics)``), MLflow's params and metrics, W&B's config and run summary,
-    the CSV logger's hparams.yaml and metrics.csv."""
+    (``log_hyperparams(params, metrics)``; ``compared`` instead of ``hparams`` when given: a table sorted by
+    column name shows only a few), MLflow's params and metrics, W&B's config and run summary, the CSV
+    logger's hparams.yaml and metrics.csv."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(dict(hparams), metrics=dict(metrics), step=step)
+            logger.log_hyperparams(
+                dict(compared if compared is not None else hparams), metrics=dict(metrics), step=step
+            )
             continue
         logger.log_hyperparams(dict(hparams))
         if metrics:

@@ -71,9 +71,10 @@ def finish_loggers(
     hparams: Mapping[str, Any] | None = None,
     final: Mapping[str, float] | None = None,
     step: int = 0,
+    compared: Mapping[str, Any] | None = None,
 ) -> None:
-    """Give every logger the hyperparameters with the final metrics beside them (TensorBoard's HPARAMS tab,
-    MLflow params, W&B config, CSV hparams.yaml), then close them."""
+    """Give every logger the hyperparameters with the final metrics beside them (TensorBoard's HPARAMS tab:
+    ``compared`` when given, MLflow params, W&B config, CSV hparams.yaml), then close them."""
     if hparams is not None:
-        log_final_hparams(trainer.loggers, hparams, final or {}, step)
+        log_final_hparams(trainer.loggers, hparams, final or {}, step, compared)
     close_loggers(trainer.loggers)
