@@ -50,3 +50,30 @@ def test_a_jobs_overrides_join_the_table_but_not_locations_targets_or_hashes(mon
 def test_a_weights_file_shows_by_its_name():
     cfg = compose_config(["model=vit_micro", "model.weights=/checkpoints/run/last.ckpt"])
     assert compared_hparams(cfg)["model/weights"] == "last.ckpt"
+
+
+def test_tensorboard_marks_the_swept_columns_so_its_table_shows_them_first(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from vitlit.reporting.loggers import log_tensorboard_hparams
+
+    logger = TensorBoardLogger(tmp_path, name="", version="", default_hp_metric=False)
+    columns = {"data/batch_size": 4, "model": "vit_micro", "model/optimizer/lr": 3e-3, "seed": 42}
+    log_tensorboard_hparams(logger, columns, {"val/acc_best": 0.5}, step=7, swept={"model/optimizer/lr"})
+    logger.finalize("success")
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {info.name: info.differs for info in experiment.hparam_infos} == {
+        "data/batch_size": False,
+        "model": False,
+        "model/optimizer/lr": True,
+        "seed": False,
+    }
+    assert [info.name.tag for info in experiment.metric_infos] == ["val/acc_best"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model/optimizer/lr"].number_value == pytest.approx(3e-3)
+    assert [(event.step, event.value) for event in events.Scalars("val/acc_best")] == [(7, 0.5)]

@@ -55,10 +55,13 @@ def test_local_launcher_runs_each_job_in_its_own_process_and_summarises_them_all
     # TensorBoard's HPARAMS table: the swept key and the short named list, not the whole config.
     events = EventAccumulator(str(sweep / "0" / "tensorboard"))
     events.Reload()
-    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    columns = set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    columns = set(start.hparams)
     assert {"model", "model/net/num_heads", "model/optimizer/lr", "data/batch_size", "seed"} <= columns
     assert len(columns) < 20 and not any("_target_" in column or "root" in column for column in columns)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [info.name for info in experiment.hparam_infos if info.differs] == ["model/net/num_heads"]  # shown first
 
 
 def test_a_job_folder_without_its_status_is_listed_as_unfinished(tmp_path: Path):

@@ -9,7 +9,7 @@ the full resolved config stays in the run folder (``.hydra/config.yaml``) and go
 from __future__ import annotations
 
 import re
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +36,28 @@ def task_overrides() -> tuple[list[str], str | None]:
         return [], None
     hydra = HydraConfig.get()
     return list(hydra.overrides.task), hydra.runtime.choices.get("model")
+
+
+def swept_columns() -> set[str]:
+    """The columns a running multirun job's sweep varies: the keys its command line sweeps (``key=a,b``, ranges,
+    globs; read from ``<sweep dir>/multirun.yaml``) and the sweeper's ``params`` (Optuna's search space).
+    Empty outside a multirun, or when the sweep's file cannot be read."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return set()
+    sweep_file = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+    try:
+        sweep = OmegaConf.load(sweep_file)
+        overrides = OverridesParser.create().parse_overrides(list(sweep.hydra.overrides.task))
+    except (OSError, HydraException, AttributeError):
+        return set()
+    keys = {override.get_key_element() for override in overrides if override.is_sweep_override()}
+    keys |= set(OmegaConf.select(sweep, "hydra.sweeper.params", default=None) or {})
+    return {key.lstrip("+~").replace(".", "/") for key in keys}
 
 
 def is_location(value: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import lightning as L
@@ -72,9 +72,10 @@ def finish_loggers(
     final: Mapping[str, float] | None = None,
     step: int = 0,
     compared: Mapping[str, Any] | None = None,
+    swept: Collection[str] = (),
 ) -> None:
     """Give every logger the hyperparameters with the final metrics beside them (TensorBoard's HPARAMS tab:
-    ``compared`` when given, MLflow params, W&B config, CSV hparams.yaml), then close them."""
+    ``compared`` when given, ``swept`` columns first, MLflow params, W&B config, CSV hparams.yaml), then close them."""
     if hparams is not None:
-        log_final_hparams(trainer.loggers, hparams, final or {}, step, compared)
+        log_final_hparams(trainer.loggers, hparams, final or {}, step, compared, swept)
     close_loggers(trainer.loggers)
