@@ -125,18 +125,19 @@ def test_a_folder_with_something_in_it_is_never_written_into(tmp_path: Path):
     assert [p.name for p in (tmp_path / "my_model").iterdir()] == ["notes.txt"]
 
 
-def test_model_card_is_filled_from_the_run_folder(tmp_path: Path):
+@pytest.mark.parametrize("config_file", ["config.yaml", ".hydra/config.yaml"])  # train.py's resolved copy, Hydra's
+def test_model_card_is_filled_from_the_run_folder(tmp_path: Path, config_file: str):
     run = tmp_path / "2026-12-07_13-35-09"
     path, _ = checkpoint(run / "checkpoints")
     (run / "metrics.json").write_text(json.dumps({"final": {"test/acc": 0.88, "val/acc_best": 0.9, "test/loss": 0.4}}))
-    (run / ".hydra").mkdir()
+    (run / config_file).parent.mkdir(exist_ok=True)
     config = {
         "seed": 7,
         "data": {"batch_size": 16},
         "trainer": {"max_epochs": 2},
         "model": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 0.001}, "weights": None},
     }
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / config_file).write_text(yaml.safe_dump(config))
     card = (main([str(path), str(tmp_path / "my_model"), "--layout", "transformers"]) / "README.md").read_text()
     metadata = front_matter(card)
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-classification"

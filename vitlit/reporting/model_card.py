@@ -1,8 +1,9 @@
 """The ``README.md`` of an exported model folder: the Hub's metadata block, then what the model is and how it did.
 
 Filled only from what is known: the checkpoint (classes, network, evaluation pre-processing, dataset folder) and,
-when the checkpoint sits in its run folder, that run's ``metrics.json`` (final metrics) and ``.hydra/config.yaml``
-(recipe); the run folder's name gives the date. A field with no source is left out.
+when the checkpoint sits in its run folder, that run's ``metrics.json`` (final metrics) and ``config.yaml`` (the
+resolved config train.py writes; else Hydra's ``.hydra/config.yaml``: the recipe); the run folder's name gives the
+date. A field with no source is left out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from vitlit.models.library_folders import Preprocessing
 from vitlit.reporting.metrics_file import METRICS_FILE
 
-RUN_CONFIG = Path(".hydra") / "config.yaml"
+RUN_CONFIGS = (Path("config.yaml"), Path(".hydra") / "config.yaml")  # resolved first
 RUN_FOLDER_TIME = "%Y-%m-%d_%H-%M-%S"  # conf/hydra/default.yaml's run and sweep folder names
 # Recipe lines: (label, config keys, tried in order).
 RECIPE = (
@@ -50,9 +51,10 @@ class ModelFacts:
 
 def run_folder_of(checkpoint: str | Path) -> Path | None:
     """The run folder a checkpoint sits in (``<run>/checkpoints/x.ckpt``), when it has a ``metrics.json`` or a
-    ``.hydra/config.yaml``; else None."""
+    run config; else None."""
     run = Path(checkpoint).resolve().parent.parent
-    return run if (run / METRICS_FILE).is_file() or (run / RUN_CONFIG).is_file() else None
+    known = [run / METRICS_FILE, *(run / name for name in RUN_CONFIGS)]
+    return run if any(path.is_file() for path in known) else None
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
@@ -72,8 +74,9 @@ def run_facts(run: Path | None) -> tuple[dict[str, float], dict[str, Any], str |
     if (run / METRICS_FILE).is_file():
         metrics = json.loads((run / METRICS_FILE).read_text()).get("final", {})
     recipe: dict[str, Any] = {}
-    if (run / RUN_CONFIG).is_file():
-        config = yaml.safe_load((run / RUN_CONFIG).read_text()) or {}
+    config_file = next((run / name for name in RUN_CONFIGS if (run / name).is_file()), None)
+    if config_file is not None:
+        config = yaml.safe_load(config_file.read_text()) or {}
         for label, keys in RECIPE:
             value = next((v for v in (_lookup(config, key) for key in keys) if v is not None), None)
             if value is not None and not (isinstance(value, str) and "${" in value):
