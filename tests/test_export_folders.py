@@ -146,7 +146,8 @@ def test_model_card_is_filled_from_the_run_folder(tmp_path: Path, config_file: s
     for line in ("pizza, steak, sushi", "| Test accuracy | 0.8800 |", "- optimizer: AdamW", "- learning rate: 0.001",
                  "- batch size: 16", "- epochs: 2", "- seed: 7", "- date: 2026-12-07"):  # fmt: skip
         assert line in card
-    assert "started from" not in card  # null: no source to name
+    assert "- started from: random initialisation (model.weights=null)" in card
+    assert "weight decay" not in card and "label smoothing" not in card  # not in the config: left out
 
 
 def test_model_card_without_a_run_folder_invents_nothing(tmp_path: Path):

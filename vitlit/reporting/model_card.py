@@ -22,17 +22,18 @@ from vitlit.reporting.metrics_file import METRICS_FILE
 
 RUN_CONFIGS = (Path("config.yaml"), Path(".hydra") / "config.yaml")  # resolved first
 RUN_FOLDER_TIME = "%Y-%m-%d_%H-%M-%S"  # conf/hydra/default.yaml's run and sweep folder names
-# Recipe lines: (label, config keys, tried in order).
+# Recipe lines: (label, config key).
 RECIPE = (
-    ("optimizer", ("model.optimizer._target_",)),
-    ("learning rate", ("model.optimizer.lr",)),
-    ("weight decay", ("model.optimizer.weight_decay",)),
-    ("batch size", ("data.batch_size",)),
-    ("epochs", ("trainer.max_epochs",)),
-    ("label smoothing", ("model.label_smoothing",)),
-    ("started from", ("model.weights",)),
-    ("seed", ("seed",)),
+    ("optimizer", "model.optimizer._target_"),
+    ("learning rate", "model.optimizer.lr"),
+    ("weight decay", "model.optimizer.weight_decay"),
+    ("batch size", "data.batch_size"),
+    ("epochs", "trainer.max_epochs"),
+    ("label smoothing", "model.label_smoothing"),
+    ("started from", "model.weights"),
+    ("seed", "seed"),
 )
+MISSING = object()
 POOLING_WORDS = {"token": "classifying the class token", "mean": "classifying the mean patch token"}
 METRIC_NAMES = {"test/acc": "Test accuracy", "val/acc_best": "Best validation accuracy", "test/loss": "Test loss"}
 
@@ -61,9 +62,18 @@ def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
     value: Any = config
     for part in dotted.split("."):
         if not isinstance(value, Mapping) or part not in value:
-            return None
+            return MISSING
         value = value[part]
     return value
+
+
+def recipe_value(label: str, value: Any) -> Any:
+    """How a recipe line shows a config value (MISSING: not shown)."""
+    if label == "started from" and value is None:
+        return "random initialisation (model.weights=null)"
+    if value is None or (isinstance(value, str) and "${" in value):  # unset, or an unresolved interpolation
+        return MISSING
+    return value.rsplit(".", 1)[-1] if label == "optimizer" else value
 
 
 def run_facts(run: Path | None) -> tuple[dict[str, float], dict[str, Any], str | None]:
@@ -77,10 +87,11 @@ def run_facts(run: Path | None) -> tuple[dict[str, float], dict[str, Any], str |
     config_file = next((run / name for name in RUN_CONFIGS if (run / name).is_file()), None)
     if config_file is not None:
         config = yaml.safe_load(config_file.read_text()) or {}
-        for label, keys in RECIPE:
-            value = next((v for v in (_lookup(config, key) for key in keys) if v is not None), None)
-            if value is not None and not (isinstance(value, str) and "${" in value):
-                recipe[label] = value.rsplit(".", 1)[-1] if label == "optimizer" else value
+        for label, key in RECIPE:
+            value = _lookup(config, key)
+            shown = MISSING if value is MISSING else recipe_value(label, value)
+            if shown is not MISSING:
+                recipe[label] = shown
     try:
         date = datetime.datetime.strptime(run.name[:19], RUN_FOLDER_TIME).date().isoformat()
     except ValueError:
