@@ -30,9 +30,24 @@ def is_set(value: Any) -> bool:
     return value is not None
 
 
+def devices_per_node(devices: Any) -> int:
+    """``${vitlit.devices_per_node:${trainer.devices}}``: the GPUs (and tasks) a SLURM job asks for on each node.
+    A scheduler needs a number before the job starts: ``auto`` cannot be resolved yet."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if not isinstance(devices, str) and hasattr(devices, "__len__"):  # a list of device indices
+        return len(devices)
+    raise ValueError(
+        f"hydra/launcher=slurm needs trainer.devices as a number of GPUs per node, got {devices!r}: add trainer=gpu "
+        "(one GPU) or trainer=ddp trainer.devices=N"
+    )
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("vitlit.is_set"):
         OmegaConf.register_new_resolver("vitlit.is_set", is_set)
+    if not OmegaConf.has_resolver("vitlit.devices_per_node"):
+        OmegaConf.register_new_resolver("vitlit.devices_per_node", devices_per_node)
 
 
 register_resolvers()

@@ -2,6 +2,10 @@
 
     python -m vitlit.export outputs/train/runs/<run>/checkpoints/last.ckpt vit_timm.safetensors --layout timm
     python -m vitlit.export outputs/train/runs/<run>/checkpoints/last.ckpt vit.onnx [--float-input]
+    python -m vitlit.export outputs/train/runs/<run>/checkpoints/last.ckpt my_model/ --layout transformers  (or timm)
+
+A folder target (:mod:`vitlit.export_folder`) is what ``transformers.pipeline(model=...)`` or
+``timm.create_model("local-dir:...")`` opens by itself, with a model card; ``hf upload org/name my_model/`` shares it.
 
 Load the safetensors file with ``safetensors.torch.load_file`` and ``load_state_dict`` into
 ``torchvision.models.vit_b_16(num_classes=C)`` or ``timm.create_model("vit_base_patch16_224", num_classes=C)``
@@ -28,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_fractions
+from vitlit.export_folder import export_folder, writes_folder
 from vitlit.inference.checkpoint import (
     checkpoint_class_names,
     eval_transform_settings,
@@ -204,7 +209,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--format", choices=EXPORT_FORMATS, default=None, help="default: onnx for a .onnx output, else safetensors"
     )
-    parser.add_argument("--layout", choices=sorted(EXPORT_LAYOUTS), default=None, help="safetensors names (timm)")
+    parser.add_argument(
+        "--layout",
+        choices=sorted([*EXPORT_LAYOUTS, "transformers"]),
+        default=None,
+        help="safetensors names (timm); transformers, or timm with a folder target: a folder the library opens",
+    )
     parser.add_argument("--float-input", action="store_true", help="onnx: float32 images in [0, 1] instead of uint8")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -213,6 +223,8 @@ def main(argv: list[str] | None = None) -> Path:
     export_format = output_format(output, args.format)
     if export_format == "onnx" and args.layout:
         parser.error("--layout names safetensors weights; an ONNX graph has no layout")
+    if args.layout == "transformers" and output.suffix in (".safetensors", ".onnx"):
+        parser.error("--layout transformers writes a folder: name one, e.g. my_model/")
     if export_format == "safetensors" and args.float_input:
         parser.error("--float-input is for --format onnx")
     if output.exists():  # checked before the (slow) checkpoint load
@@ -221,6 +233,10 @@ def main(argv: list[str] | None = None) -> Path:
         checkpoint = read_checkpoint(args.checkpoint)
         network = network_from_checkpoint(checkpoint)
         log.info("classes (output order): %s", ", ".join(checkpoint_class_names(checkpoint)))
+        if export_format == "safetensors" and writes_folder(output, args.layout):
+            path = export_folder(args.checkpoint, checkpoint, network, output, args.layout)
+            log.info("wrote %s (%s layout): %s", path, args.layout, ", ".join(sorted(p.name for p in path.iterdir())))
+            return path
         if export_format == "safetensors":
             return export_weights(network, output, args.layout or "timm")
         hparams = checkpoint["hyper_parameters"]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_FILE = "config.json"  # a transformers or timm folder's configuration, with the class names
 HUB_PREFIX = "hf-hub:"
 
 
@@ -100,6 +101,10 @@ def hub_checkpoint_path(name: str) -> Path:
             # Once the network has failed, look only in the cache: each try would wait out the same retries.
             local = hf_hub_download(repo_id, filename, revision=revision or None, local_files_only=bool(unreachable))
             log.info("%s%s: %s", HUB_PREFIX, name, local)
+            try:  # beside the weights: the class names (load_pretrained's class_names); optional
+                hf_hub_download(repo_id, CONFIG_FILE, revision=revision or None, local_files_only=bool(unreachable))
+            except (EntryNotFoundError, ConnectionError, OSError):
+                log.debug("%s%s has no %s", HUB_PREFIX, name, CONFIG_FILE)
             return Path(local)
         except (LocalEntryNotFoundError, ConnectionError):  # before EntryNotFoundError, its base class
             unreachable.append(filename)

@@ -14,11 +14,13 @@ The key tables themselves are data, in :mod:`vitlit.models.weight_formats`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import pickle
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,13 @@ from safetensors.torch import load_file
 
 from vitlit.models.layers import resample_position_embedding
 from vitlit.models.vit import ViT
-from vitlit.models.weight_downloads import HF_FILES, HUB_PREFIX, hub_checkpoint_path, torchvision_state_dict
+from vitlit.models.weight_downloads import (
+    CONFIG_FILE,
+    HF_FILES,
+    HUB_PREFIX,
+    hub_checkpoint_path,
+    torchvision_state_dict,
+)
 from vitlit.models.weight_formats import FORMATS, CheckpointFormat, Source
 
 log = logging.getLogger(__name__)
@@ -202,7 +210,47 @@ def _warn_on_layer_norm_eps(model: ViT, checkpoint_format: CheckpointFormat) -> 
     )
 
 
-def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = False) -> LoadedWeights:
+def class_names_beside(weights: Path) -> list[str] | None:
+    """The class names in the ``config.json`` of a folder's weights (``model.safetensors`` or a folder):
+    transformers' ``id2label``, timm's ``label_names``; None without them (or with transformers' ``LABEL_i``)."""
+    folder = weights if weights.is_dir() else weights.parent
+    if not weights.is_dir() and weights.name not in HF_FILES:
+        return None  # a loose weights file: a config.json beside it may describe anything
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(config.get("label_names"), list):
+        names = [str(name) for name in config["label_names"]]
+    elif isinstance(config.get("id2label"), dict):
+        names = [str(config["id2label"][key]) for key in sorted(config["id2label"], key=int)]
+    else:
+        return None
+    return None if all(re.fullmatch(r"LABEL_\d+", name) for name in names) else names
+
+
+def _head_for_classes(
+    head: dict[str, torch.Tensor], theirs: Sequence[str] | None, ours: Sequence[str] | None
+) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's head for classes ``ours``: as it is, with its rows reordered when it names the same
+    classes in another order, or None when it names other classes. Unnamed classes are taken as they come."""
+    if theirs is None or ours is None or list(theirs) == list(ours):
+        return head
+    if sorted(theirs) != sorted(ours):
+        log.warning(
+            "not loading the classifier head: the checkpoint's classes (%s) are not this model's (%s)",
+            ", ".join(theirs),
+            ", ".join(ours),
+        )
+        return None
+    order = [list(theirs).index(name) for name in ours]
+    log.info("the checkpoint's classifier head names the same classes in another order: its rows are reordered")
+    return {key: value[order] for key, value in head.items()}
+
+
+def load_pretrained(
+    model: ViT, source: str | os.PathLike, *, load_head: bool = False, class_names: Sequence[str] | None = None
+) -> LoadedWeights:
     """Copy a pretrained checkpoint's weights into ``model`` (in place) and say what was loaded.
 
     Args:
@@ -216,6 +264,9 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
             downloaded through huggingface_hub's cache (:func:`hub_checkpoint_path`).
         load_head: also copy the checkpoint's classifier head when its class count equals the model's.
             Otherwise the head is re-initialised to zeros (as in the ViT paper's fine-tuning).
+        class_names: the model's classes in output order. When the checkpoint is a folder whose ``config.json``
+            names its classes (an exported transformers or timm folder), ``load_head`` copies the head only for
+            the same classes, its rows reordered to ``class_names``; other classes get a new head.
 
     The format is detected from the keys. A position embedding laid out for another image size is
     resampled to the model's grid with the interpolation the checkpoint's library uses.
@@ -226,12 +277,13 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
         FileNotFoundError: no such file, or ``hf-hub:`` weights neither cached nor downloadable.
     """
     text = os.fspath(source)
+    their_classes = None
     if text.startswith("torchvision:"):
         state = torchvision_state_dict(text.removeprefix("torchvision:"), model)
-    elif text.startswith(HUB_PREFIX):
-        state = read_weight_file(hub_checkpoint_path(text.removeprefix(HUB_PREFIX)))
     else:
-        state = read_weight_file(source)
+        path = hub_checkpoint_path(text.removeprefix(HUB_PREFIX)) if text.startswith(HUB_PREFIX) else Path(source)
+        state = read_weight_file(path)
+        their_classes = class_names_beside(path.expanduser())
     checkpoint_format, prefix = detect_format(state)
     backbone, head = convert_state_dict(state, model, checkpoint_format, prefix)
 
@@ -249,7 +301,10 @@ def load_pretrained(model: ViT, source: str | os.PathLike, *, load_head: bool = 
 
     head_classes = head["classifier.head.bias"].shape[0] if head else None
     head_loaded = load_head and head_classes == model.num_classes
-    if load_head and not head_loaded:
+    if head_loaded:
+        head = _head_for_classes(head, their_classes, class_names) or {}
+        head_loaded = bool(head)
+    if load_head and not head_loaded and head_classes != model.num_classes:
         found = f"{head_classes} classes" if head else "no classifier head"
         log.warning(
             "not loading the classifier head: the checkpoint has %s, the model %d classes", found, model.num_classes

@@ -11,7 +11,7 @@ Other loggers get the metrics and hyperparameters.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from matplotlib.figure import Figure
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from vitlit.private_api import add_tensorboard_summary
 from vitlit.reporting.figures import figure_to_array
@@ -88,15 +90,41 @@ def log_scalars(loggers: Iterable[Logger], scalars: Mapping[str, float], step: i
         logger.log_metrics(dict(scalars), step=step)
 
 
-def log_final_hparams(
-    loggers: Iterable[Logger], hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int
+def log_tensorboard_hparams(
+    logger: TensorBoardLogger,
+    hparams: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    step: int,
+    swept: Collection[str] = (),
 ) -> None:
-    """The run's hyperparameters with its final metrics beside them: TensorBoard's HPARAMS tab
-    (``log_hyperparams(params, metrics)``), MLflow's params and metrics, W&B's config and run summary,
-    the CSV logger's hparams.yaml and metrics.csv."""
+    """What ``TensorBoardLogger.log_hyperparams(hparams, metrics)`` writes, with the ``swept`` columns marked
+    ``differs``: TensorBoard's table puts those first and shows only the first five (the rest sorted by name)."""
+    logger.log_hyperparams(dict(hparams))  # hparams.yaml; with default_hp_metric=false no summaries yet
+    logger.log_metrics(dict(metrics), step)
+    experiment, session_start, session_end = hparams_summaries(dict(hparams), dict(metrics))
+    plugin_data = experiment.value[0].metadata.plugin_data
+    content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in swept
+    plugin_data.content = content.SerializeToString()
+    for summary in (experiment, session_start, session_end):
+        add_tensorboard_summary(logger.experiment, summary, step)
+
+
+def log_final_hparams(
+    loggers: Iterable[Logger],
+    hparams: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    step: int,
+    compared: Mapping[str, Any] | None = None,
+    swept: Collection[str] = (),
+) -> None:
+    """The run's hyperparameters with its final metrics beside them: TensorBoard's HPARAMS tab (``compared``
+    instead of ``hparams`` when given, ``swept`` columns first: :func:`log_tensorboard_hparams`), MLflow's params
+    and metrics, W&B's config and run summary, the CSV logger's hparams.yaml and metrics.csv."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(dict(hparams), metrics=dict(metrics), step=step)
+            log_tensorboard_hparams(logger, compared if compared is not None else hparams, metrics, step, swept)
             continue
         logger.log_hyperparams(dict(hparams))
         if metrics:

@@ -44,7 +44,8 @@ class ViTClassifier(L.LightningModule):
             eval mode (no dropout), as a feature extractor.
         weights: a pretrained checkpoint for :func:`vitlit.models.weights.load_pretrained` (file, Hugging Face
             folder or ``torchvision:NAME``), loaded when the module is built. ``None`` starts from scratch.
-        load_head: also load the checkpoint's classifier head when its class count matches.
+        load_head: also load the checkpoint's classifier head when its classes match (count, and names where the
+            checkpoint folder's config.json has them).
         layer_decay: layer-wise learning-rate decay (BEiT, MAE): block i of D gets ``lr * decay ** (D - i)``,
             the embeddings ``lr * decay ** (D + 1)``, the classifier ``lr``. ``None`` gives every layer ``lr``.
         mean, std: per-channel statistics that uint8 images are normalised with on the device (saved in
@@ -90,7 +91,7 @@ class ViTClassifier(L.LightningModule):
         num_classes = len(class_names)
         self.model = ViT(num_classes=num_classes, **net)
         if weights:
-            load_pretrained(self.model, weights, load_head=load_head)
+            load_pretrained(self.model, weights, load_head=load_head, class_names=class_names)
         self.layer_decay = layer_decay
         self.compile_model = compile
         # Buffers follow the module to its device and dtype; not persistent, as the hparams hold them.

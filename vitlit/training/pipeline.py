@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitlit.reporting.metrics_file import write_metrics_file
 from vitlit.reporting.report import RunReport
 from vitlit.training.checkpoints import check_checkpoint_fits, load_backbone
+from vitlit.training.compared_hparams import compared_hparams, swept_columns
 from vitlit.training.config_checks import check_config_types, check_config_values
 from vitlit.training.trainer import build_trainer, finish_loggers
 
@@ -116,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams = {key: value for key, value in resolved.items() if key in HPARAM_SECTIONS}
     final = {name: metrics[name] for name in HPARAM_METRICS if name in metrics}
-    finish_loggers(trainer, hparams, final, step=fit_steps)
+    finish_loggers(trainer, hparams, final, step=fit_steps, compared=compared_hparams(cfg), swept=swept_columns())
     if trainer.is_global_zero and not reports:  # the sweep summary (vitlit.training.sweep) reads its "final" metrics
         write_metrics_file(cfg.paths.output_dir, {"final": dict(sorted(metrics.items()))})
     return metrics

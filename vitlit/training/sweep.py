@@ -1,31 +1,38 @@
 """Hydra multirun summary: ``sweep_summary.csv`` in the sweep folder and a table printed at the end.
 
 Registered in ``conf/hydra/default.yaml`` as a Hydra callback, so every ``python train.py -m ...`` (grid or
-Optuna) gets one row per job: its overrides, status and final metrics, best job first. Also here: what a failed
+Optuna, with any launcher) gets one row per job: its overrides, status and final metrics, best job first. Each job
+writes ``job_status.json`` into its own folder, wherever it runs (a launcher such as hydra-submitit-launcher runs
+every job in its own process, on its own node); the summary is built from the job folders, after each job (so a
+crash keeps what finished) and once more when the sweep ends. Also here: what a failed
 job returns to a sweeper (``FailedJob``) and the folder an Optuna SQLite study needs (``StorageFolder``).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.table import Table
 
 from vitlit.private_api import job_return_value
 from vitlit.reporting.metrics_file import read_final_metrics
+from vitlit.training.run_folder import process_rank
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.csv"
+JOB_STATUS_FILE = "job_status.json"  # in each job's folder: job number, overrides, status, error
 DEFAULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
 
 
@@ -68,15 +75,47 @@ def job_row(job_return: JobReturn, output_dir: Path, metric_names: tuple[str, ..
     """One summary row: the job number, its overrides (``key=value`` strings), status, error and metrics."""
     value = job_return_value(job_return)
     error = describe(value) if job_return.status == JobStatus.FAILED else getattr(value, "error", "")
-    metrics = (read_final_metrics(output_dir) or {}) if not error else {}
-    return {
+    status = {
         "job": job_return.hydra_cfg.hydra.job.num,
         "overrides": list(job_return.overrides or []),
         "status": "failed" if error else "completed",
         "error": error,
-        "folder": str(output_dir),
-        **{name: metrics.get(name) for name in metric_names},
     }
+    return with_metrics(status, output_dir, metric_names)
+
+
+def with_metrics(status: dict[str, Any], output_dir: Path, metric_names: tuple[str, ...]) -> dict[str, Any]:
+    """A job's status row with its folder and final metrics (none for a job that did not complete)."""
+    metrics = (read_final_metrics(output_dir) or {}) if status["status"] == "completed" else {}
+    return {**status, "folder": str(output_dir), **{name: metrics.get(name) for name in metric_names}}
+
+
+def unfinished_status(folder: Path) -> dict[str, Any]:
+    """The status of a job folder without ``job_status.json``: running, or stopped from outside (time limit,
+    out of memory, a killed node) before it could say how it ended."""
+    hydra_files = folder / ".hydra"
+    overrides = OmegaConf.load(hydra_files / "overrides.yaml")
+    hydra_file = hydra_files / "hydra.yaml"
+    number = OmegaConf.load(hydra_file).hydra.job.get("num") if hydra_file.is_file() else None
+    return {
+        "job": number if number is not None else -1,
+        "overrides": [str(override) for override in overrides],
+        "status": "unfinished",
+        "error": f"no {JOB_STATUS_FILE}: running, or stopped before it ended (see {folder / 'train.log'})",
+    }
+
+
+def collect_rows(sweep_dir: Path, metric_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per job folder under ``sweep_dir`` (a folder holding ``.hydra/overrides.yaml``)."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
+        folder = overrides_file.parent.parent
+        if ".submitit" in folder.relative_to(sweep_dir).parts:
+            continue
+        status_file = folder / JOB_STATUS_FILE
+        status = json.loads(status_file.read_text()) if status_file.is_file() else unfinished_status(folder)
+        rows.append(with_metrics(status, folder, metric_names))
+    return rows
 
 
 def sort_rows(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
@@ -96,11 +135,14 @@ def write_summary(rows: list[dict[str, Any]], path: Path, metric_names: tuple[st
     keys = list(dict.fromkeys(key for row in rows for key in overrides_by_key(row)))
     columns = ["job", "status", *keys, *metric_names, "error", "folder"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
+    # Jobs of a launcher end at the same time and each rewrites the summary: write whole files only.
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    with partial.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({**{c: row.get(c) for c in columns if c not in keys}, **overrides_by_key(row)})
+    os.replace(partial, path)
 
 
 def short(value: str) -> str:
@@ -140,8 +182,9 @@ def summary_table(rows: list[dict[str, Any]], metric_names: tuple[str, ...], tit
 
 
 class SweepSummary(Callback):
-    """Collects every multirun job's overrides and final metrics; rewrites ``<sweep dir>/sweep_summary.csv``
-    after each job (so a crash keeps what finished) and prints the sorted table when the sweep ends.
+    """Each multirun job writes ``job_status.json`` (overrides, status, error) into its folder when it ends, in its
+    own process; ``<sweep dir>/sweep_summary.csv`` is rebuilt from the job folders after each job and when the
+    sweep ends, which also prints the sorted table.
 
     Args:
         metric: the column to sort by (the sweep's ``optimized_metric``).
@@ -155,28 +198,31 @@ class SweepSummary(Callback):
         self.metric = metric
         self.mode = mode
         self.metric_names = tuple(dict.fromkeys([metric, *(metrics or DEFAULT_METRICS)]))
-        self.rows: list[dict[str, Any]] = []
-        self.path: Path | None = None
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.rows = []
-        self.path = Path(config.hydra.sweep.dir) / SUMMARY_FILE
+    def summarise(self, sweep_dir: Path) -> list[dict[str, Any]]:
+        """Rebuild ``sweep_summary.csv`` from the job folders under ``sweep_dir``; the rows, best first."""
+        rows = sort_rows(collect_rows(sweep_dir, self.metric_names), self.metric, self.mode)
+        if rows:
+            write_summary(rows, sweep_dir / SUMMARY_FILE, self.metric_names)
+        return rows
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN or self.path is None:
+        if config.hydra.mode != RunMode.MULTIRUN or process_rank() != 0:
             return
         output_dir = Path(config.hydra.runtime.output_dir)
-        self.rows.append(job_row(job_return, output_dir, self.metric_names))
-        self.rows = sort_rows(self.rows, self.metric, self.mode)
-        write_summary(self.rows, self.path, self.metric_names)
+        row = job_row(job_return, output_dir, ())
+        status = {key: row[key] for key in ("job", "overrides", "status", "error")}
+        (output_dir / JOB_STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+        self.summarise(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.rows or self.path is None:
+        rows = self.summarise(Path(config.hydra.sweep.dir))
+        if not rows:
             return
-        failed = sum(row["status"] == "failed" for row in self.rows)
-        title = f"{len(self.rows)} jobs, {failed} failed, best {self.metric} first"
-        get_console().print(summary_table(self.rows, self.metric_names, title))
-        log.info("sweep summary: %s", self.path)
+        failed = sum(row["status"] != "completed" for row in rows)
+        title = f"{len(rows)} jobs, {failed} failed, best {self.metric} first"
+        get_console().print(summary_table(rows, self.metric_names, title))
+        log.info("sweep summary: %s", Path(config.hydra.sweep.dir) / SUMMARY_FILE)
 
 
 class StorageFolder(Callback):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import lightning as L
@@ -71,9 +71,11 @@ def finish_loggers(
     hparams: Mapping[str, Any] | None = None,
     final: Mapping[str, float] | None = None,
     step: int = 0,
+    compared: Mapping[str, Any] | None = None,
+    swept: Collection[str] = (),
 ) -> None:
-    """Give every logger the hyperparameters with the final metrics beside them (TensorBoard's HPARAMS tab,
-    MLflow params, W&B config, CSV hparams.yaml), then close them."""
+    """Give every logger the hyperparameters with the final metrics beside them (TensorBoard's HPARAMS tab:
+    ``compared`` when given, ``swept`` columns first, MLflow params, W&B config, CSV hparams.yaml), then close them."""
     if hparams is not None:
-        log_final_hparams(trainer.loggers, hparams, final or {}, step)
+        log_final_hparams(trainer.loggers, hparams, final or {}, step, compared, swept)
     close_loggers(trainer.loggers)
