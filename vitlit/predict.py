@@ -23,8 +23,8 @@ from rich.table import Table
 from vitlit.configs import CONFIG_DIR
 from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image
 from vitlit.inference.predictor import ImageDecodeError, Predictor, top_classes
+from vitlit.reporting.annotated_image import prediction_title, save_annotated_image
 from vitlit.reporting.console import RichConsoleHandler
-from vitlit.reporting.figures import annotated_image_figure, prediction_title, save_figure
 from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             }
             if cfg.get("annotate", True):
                 target = output_dir / "annotated" / _unique_name(names_of_files[path], taken)
-                save_figure(annotated_image_figure(image.permute(1, 2, 0).numpy(), prediction_title(*top[0])), target)
+                save_annotated_image(image.permute(1, 2, 0).numpy(), prediction_title(*top[0]), target)
                 record["annotated"] = str(target)
             records.append(record)
 

@@ -83,9 +83,10 @@ def checkpoint_class_names(checkpoint: Mapping[str, Any]) -> tuple[str, ...]:
 
 def network_from_checkpoint(checkpoint: Mapping[str, Any]) -> ViT:
     """The trained :class:`ViT` (any model size), in eval mode on the CPU; training-only heads are left out."""
-    network = ViT(num_classes=len(checkpoint_class_names(checkpoint)), **checkpoint["hyper_parameters"]["net"])
+    with torch.device("meta"):  # no memory and no random initialisation for weights the checkpoint replaces
+        network = ViT(num_classes=len(checkpoint_class_names(checkpoint)), **checkpoint["hyper_parameters"]["net"])
     state = {key: value for key, value in checkpoint["state_dict"].items() if key.startswith(NETWORK_PREFIX)}
-    network.load_state_dict({key.removeprefix(NETWORK_PREFIX): value for key, value in state.items()})
+    network.load_state_dict({key.removeprefix(NETWORK_PREFIX): value for key, value in state.items()}, assign=True)
     return network.eval()
 
 

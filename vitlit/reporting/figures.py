@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitlit.reporting.annotated_image import prediction_title
+
 DPI = 100
 ATTENTION_ALPHA = 0.55  # the attention heat map's opacity over a photo (figures and the demo page)
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # title colours of correct and wrong predictions
@@ -146,11 +148,6 @@ def _cell_title(axes, text: str, colour: str) -> None:
     axes.text(0.5, 1.01, text, transform=axes.transAxes, ha="center", va="bottom", color=colour, fontsize=11)
 
 
-def prediction_title(predicted: str, probability: float) -> str:
-    """The reference notebook's title, e.g. ``Pred: pizza | Prob: 0.921``."""
-    return f"Pred: {predicted} | Prob: {probability:.3f}"
-
-
 def prediction_grid_figure(
     images: np.ndarray, labels: Sequence[int], probabilities: np.ndarray, class_names: Sequence[str]
 ) -> Figure:
@@ -183,18 +180,4 @@ def attention_figure(
         axes.imshow(image)
         axes.imshow(heat, cmap="inferno", alpha=ATTENTION_ALPHA, vmin=0.0, vmax=1.0)
         _cell_title(axes, f"Pred: {class_names[guess]}\nTrue: {class_names[label]}", RIGHT if guess == label else WRONG)
-    return figure
-
-
-def annotated_image_figure(image: np.ndarray, title: str, max_side: int = 1024) -> Figure:
-    """One photo (H, W, 3) uint8 at its own pixel size (scaled to fit ``max_side`` and to at least 400 pixels
-    wide, so the title fits), with ``title`` above it."""
-    height, width = image.shape[:2]
-    scale = min(max_side / max(height, width), max(1.0, 400 / width))
-    title_band = 0.5  # inches
-    figure = Figure(figsize=(width * scale / DPI, height * scale / DPI + title_band), dpi=DPI)
-    axes = figure.add_axes((0.0, 0.0, 1.0, height * scale / DPI / (height * scale / DPI + title_band)))
-    axes.imshow(image)
-    axes.set_axis_off()
-    figure.suptitle(title, y=1.0 - 0.1 * title_band / (height * scale / DPI + title_band), va="top", fontsize=14)
     return figure
