@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vitlit.configs import CONFIG_DIR
 from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
@@ -156,19 +157,21 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
-    """One row per image: its path and the top-k classes with their probabilities."""
+    """One row per input: its path and the top-k classes with their probabilities, or why it was not classified."""
     table = Table(title="Predictions", title_justify="left")
     table.add_column("image", overflow="fold")  # the full path, folded, never cut
-    for rank in range(max((len(record["predictions"]) for record in records), default=0)):
+    ranks = max((len(record.get("predictions", ())) for record in records), default=0)
+    for rank in range(ranks):
         table.add_column(f"#{rank + 1}")
         table.add_column("prob", justify="right")
-    for record in records:
+    if any("error" in record for record in records):
+        table.add_column("not classified", overflow="fold", style="red")
+    for record in records:  # Text, not markup: a path or a reason may hold brackets
+        cells: list[str | Text] = [Text(record["path"])]
+        for prediction in record.get("predictions", ()):
+            cells += [Text(prediction["class"]), f"{prediction['probability']:.3f}"]
         if "error" in record:
-            table.add_row(record["path"], f"[red]{record['error']}[/red]")
-            continue
-        cells = [record["path"]]
-        for prediction in record["predictions"]:
-            cells += [prediction["class"], f"{prediction['probability']:.3f}"]
+            cells += [""] * (2 * ranks) + [Text(record["error"])]
         table.add_row(*cells)
     return table
 
