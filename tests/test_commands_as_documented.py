@@ -25,7 +25,8 @@ TRACEBACK = "Traceback (most recent call last)"
 
 def run(*command: str, cwd: Path, status: int = 0) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    environment |= {"PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}  # one line per table row  # this checkout's vitlit, wherever it runs
+    # This checkout's vitlit wherever it runs; a console wide enough for one line per table row.
+    environment |= {"PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
     result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == status, result.stdout[-3000:] + result.stderr[-3000:]
     assert TRACEBACK not in result.stdout + result.stderr
@@ -40,7 +41,8 @@ def vitlit(name: str, *arguments: str, cwd: Path, status: int = 0) -> subprocess
 def project(tmp_path_factory) -> tuple[Path, Path]:
     """(the folder commands run in, the README's $CKPT) after one tiny ``python train.py`` run there."""
     cwd = tmp_path_factory.mktemp("project")
-    root = make_image_folder(cwd / "data" / "images", {"train": dict.fromkeys(CLASSES, 3), "test": dict.fromkeys(CLASSES, 2)})
+    layout = {"train": dict.fromkeys(CLASSES, 3), "test": dict.fromkeys(CLASSES, 2)}
+    root = make_image_folder(cwd / "data" / "images", layout)
     overrides = [option for option in TINY_RUN if option != "trainer.max_epochs=2"]
     run(sys.executable, str(REPO_ROOT / "train.py"), *overrides, f"data.root={root}", "trainer.max_epochs=1", cwd=cwd)
     [checkpoint] = sorted(cwd.glob("outputs/train/runs/*/checkpoints/last.ckpt"))
@@ -66,9 +68,9 @@ def test_predict_prints_a_table_and_saves_an_annotated_copy_of_each_image(projec
     assert len(rows) == 3 and "0.jpg" in rows[0] and "owl/0.jpg" in rows[1] and "owl/1.jpg" in rows[2]
     assert all(any(name in row for name in CLASSES) for row in rows)
     run_folder = only_run_folder(cwd, "predict")
-    assert sorted(p.relative_to(run_folder / "annotated").as_posix() for p in (run_folder / "annotated").rglob("*.png")) == [
-        "0.png", "owl/0.png", "owl/1.png",
-    ]  # fmt: skip
+    annotated = run_folder / "annotated"
+    copies = sorted(p.relative_to(annotated).as_posix() for p in annotated.rglob("*.png"))
+    assert copies == ["0.png", "owl/0.png", "owl/1.png"]
     assert len(json.loads((run_folder / "predictions.json").read_text())) == 3
 
 
@@ -77,7 +79,8 @@ def test_predict_with_a_broken_photo_prints_a_row_per_input_marks_the_bad_one_an
     broken = tmp_path / "broken [1].jpg"  # brackets: a path is shown as text, never read as rich markup
     broken.write_bytes((cwd / "data/images/test/cat/0.jpg").read_bytes()[:100])
     inputs = f"inputs=[{cwd / 'data/images/test/cat/0.jpg'},{cwd / 'data/images/test/owl'}/,'{broken}']"
-    result = vitlit("predict", f"ckpt_path={checkpoint}", inputs, f"hydra.run.dir={tmp_path / 'table'}", cwd=cwd, status=1)
+    table_run = f"hydra.run.dir={tmp_path / 'table'}"
+    result = vitlit("predict", f"ckpt_path={checkpoint}", inputs, table_run, cwd=cwd, status=1)
     rows = table_rows(result.stdout)
     assert len(rows) == 4 and "not classified" in result.stdout
     assert "broken [1].jpg" in rows[3] and "cannot be decoded" in rows[3]
