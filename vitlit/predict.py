@@ -24,7 +24,14 @@ from rich.table import Table
 from rich.text import Text
 
 from vitlit.configs import CONFIG_DIR
-from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image, load_rgb
+from vitlit.data.image_folder import (
+    HEIF_EXTENSIONS,
+    HEIF_INSTALL,
+    IMAGE_EXTENSIONS,
+    images_in,
+    load_rgb,
+    log_ignored_files,
+)
 from vitlit.reporting.console import RichConsoleHandler
 from vitlit.reporting.figures import annotated_image_figure, prediction_title, save_figure
 from vitlit.training.checkpoints import (
@@ -43,7 +50,7 @@ def image_files(inputs: str | Sequence[str]) -> tuple[dict[Path, Path], dict[Pat
     folders searched recursively in sorted order (named ``<folder>/<path inside it>``). Duplicates are dropped.
 
     Also returns the inputs that name no image (a missing path, a file that is not an image, a folder without
-    images) -> why, so that the good ones are still classified.
+    images) -> why, so that the good ones are still classified. Other files inside folders are counted in a warning.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -53,13 +60,16 @@ def image_files(inputs: str | Sequence[str]) -> tuple[dict[Path, Path], dict[Pat
     for entry in inputs:
         path = Path(str(entry)).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if is_image(p, path))
+            found, ignored = images_in(path)
+            log_ignored_files(path, ignored)
             if not found:
                 problems[path] = f"a folder without images ({extensions})"
             for file in found:
                 files.setdefault(file.resolve(), Path(path.resolve().name) / file.relative_to(path))
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if path.suffix.lower() in HEIF_EXTENSIONS - IMAGE_EXTENSIONS:
+                problems[path] = HEIF_INSTALL
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
                 problems[path] = f"not an image file ({extensions})"
             else:
                 files.setdefault(path.resolve(), Path(path.name))
