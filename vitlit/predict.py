@@ -32,6 +32,7 @@ from vitlit.data.image_folder import (
     load_rgb,
     log_ignored_files,
 )
+from vitlit.reporting.atomic_files import write_text_atomically
 from vitlit.reporting.console import RichConsoleHandler
 from vitlit.reporting.figures import annotated_image_figure, prediction_title, save_figure
 from vitlit.training.checkpoints import (
@@ -160,8 +161,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if problems:
         log.warning("%d inputs could not be classified:\n%s", len(problems), failed)
     records += [{"path": str(path), "error": why} for path, why in problems.items()]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "predictions.json").write_text(json.dumps(records, indent=2) + "\n")
+    write_text_atomically(output_dir / "predictions.json", json.dumps(records, indent=2) + "\n")
     log.info("predictions: %s", output_dir / "predictions.json")
     return records
 

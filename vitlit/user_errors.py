@@ -12,18 +12,30 @@ from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
 
+from vitlit.data.image_folder import DatasetDownloadError
 from vitlit.training.faults import NonFiniteLossError
+from vitlit.training.write_errors import write_error, write_error_message
 
 # Raised with a message that names the file or key and says what to do (bad data, config values, files,
 # checkpoints): a traceback through Lightning adds nothing.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NonFiniteLossError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    NonFiniteLossError,
+    DatasetDownloadError,
+)
 
 
 def user_message(error: BaseException) -> str | None:
     """``Error: <message>`` for an error the user can fix, else None. Hydra wraps errors raised while it builds a
-    config's object (``InstantiationException``); their message is the cause's."""
+    config's object (``InstantiationException``); their message is the cause's. A full or read-only disk behind
+    any error is :func:`~vitlit.training.write_errors.write_error_message`."""
     if isinstance(error, InstantiationException) and isinstance(error.__cause__, USER_ERRORS):
         error = error.__cause__
+    if not isinstance(error, USER_ERRORS) and (disk := write_error(error)) is not None:
+        return write_error_message(disk)
     if not isinstance(error, (*USER_ERRORS, InstantiationException)):  # Hydra's names the target and the cause
         return None
     return f"Error: {error}"

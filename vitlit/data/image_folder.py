@@ -232,14 +232,26 @@ def stratified_split(
     return rest, held_out
 
 
+class DatasetDownloadError(RuntimeError):
+    """The dataset is not on disk and cannot be downloaded (offline, a read-only or full disk, a bad archive)."""
+
+
 def download_and_extract(url: str, root: Path, sha256: str, size: int | None = None) -> None:
     """Download the zip at ``url``, verify its SHA-256, and extract it so that ``root/train`` exists.
 
     Works in a temporary folder beside ``root`` and moves the result into place at the end, so an
     interrupted download never leaves a half-written dataset; an existing ``root`` is never touched.
     """
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-download-") as work:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        work_folder = tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-download-")
+    except OSError as error:  # a read-only or full disk, no permission
+        raise DatasetDownloadError(
+            f"no data at {root}, and it cannot be downloaded into {root.parent} ({error.strerror}). Point "
+            "data.root=/path/to/images (or the VITLIT_DATA_DIR environment variable) at a copy of the images, "
+            "or at a folder on a writable disk to download into."
+        ) from None
+    with work_folder as work:
         archive = Path(work) / "archive.zip"
         log.info("downloading %s to %s", url, root)
         digest = hashlib.sha256()
@@ -249,16 +261,20 @@ def download_and_extract(url: str, root: Path, sha256: str, size: int | None = N
                     digest.update(chunk)
                     file.write(chunk)
         except (urllib.error.URLError, OSError) as error:
-            raise RuntimeError(
+            raise DatasetDownloadError(
                 f"no data at {root}, and downloading it from {url} failed ({error}). "
                 f"If this machine is offline, copy the images to {root} "
                 "(layout train/<class>/*.jpg, test/<class>/*.jpg) "
                 "or point data.root=/path/to/images (or the VITLIT_DATA_DIR environment variable) at a local copy."
             ) from error
         if size is not None and archive.stat().st_size != size:
-            raise RuntimeError(f"download from {url} has {archive.stat().st_size} bytes, expected {size}; try again")
+            raise DatasetDownloadError(
+                f"download from {url} has {archive.stat().st_size} bytes, expected {size}; try again"
+            )
         if digest.hexdigest() != sha256:
-            raise RuntimeError(f"download from {url} has sha256 {digest.hexdigest()}, expected {sha256}; try again")
+            raise DatasetDownloadError(
+                f"download from {url} has sha256 {digest.hexdigest()}, expected {sha256}; try again"
+            )
         extracted = Path(work) / "extracted"
         with zipfile.ZipFile(archive) as zip_file:
             zip_file.extractall(extracted)
@@ -266,7 +282,9 @@ def download_and_extract(url: str, root: Path, sha256: str, size: int | None = N
         tops = [p for p in extracted.iterdir() if not p.name.startswith(("__MACOSX", "."))]
         content = tops[0] if len(tops) == 1 and not (extracted / "train").is_dir() else extracted
         if not (content / "train").is_dir():
-            raise RuntimeError(f"the archive from {url} has no train/ folder; it is not an image-folder dataset")
+            raise DatasetDownloadError(
+                f"the archive from {url} has no train/ folder; it is not an image-folder dataset"
+            )
         if not root.exists():
             content.rename(root)
 
