@@ -85,8 +85,8 @@ def test_training_that_fills_the_disk_stops_with_one_message_and_resumes_once_th
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert message == (
         f"Error: cannot write to {run}: the disk is full (No space left on device). The last complete checkpoint is "
-        f"intact: {checkpoint}. Free space on that disk, then resume with: python train.py <the same overrides> "
-        f"hydra.run.dir={run} ckpt_path=last"
+        f"intact: {checkpoint}. Free space on that disk, then resume with: python train.py {' '.join(TINY_RUN)} "
+        f"{' '.join(overrides[:-1])} hydra.run.dir={run} ckpt_path=last"
     )
     assert read_checkpoint(checkpoint)["epoch"] >= 0  # whole: it loads
     assert not [path for path in run.rglob("*") if path.name.startswith(".last") or path.suffix == ".tmp"]

@@ -127,7 +127,7 @@ class RunFolder(Callback):
                 run_dir = run_folder_for(run_dir, chosen_by_user(config, "hydra.run.dir"), config.get("ckpt_path"))
         except (FileExistsError, FileNotFoundError) as error:
             sys.exit(f"Error: {error}")
-        check_run_folder_writable(run_dir, resumable=config.hydra.job.config_name == "train")
+        check_run_folder_writable(run_dir, config.hydra.job.config_name == "train", list(config.hydra.overrides.task))
         with read_write(config.hydra):
             config.hydra.run.dir = str(run_dir)
         if config.get("ckpt_path") and holds_files(Path(config.hydra.run.dir) / ".hydra"):

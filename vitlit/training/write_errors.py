@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,21 +52,30 @@ def last_complete_checkpoint(run_folder: Path) -> Path | None:
     return max(found, key=lambda path: path.stat().st_mtime_ns) if found else None
 
 
-def _current_run() -> tuple[Path | None, bool]:
-    """(this Hydra job's run folder, whether it is a training run that can resume), or (None, False) outside Hydra."""
+def _current_run() -> tuple[Path | None, bool, list[str]]:
+    """(this Hydra job's run folder, whether it is a training run that can resume, its command-line overrides), or
+    (None, False, []) outside Hydra."""
     if not HydraConfig.initialized():
-        return None, False
+        return None, False, []
     hydra = HydraConfig.get()
-    return Path(hydra.runtime.output_dir), hydra.job.config_name == "train"
+    return Path(hydra.runtime.output_dir), hydra.job.config_name == "train", list(hydra.overrides.task)
 
 
-def write_error_message(error: OSError, run_folder: Path | None = None, resumable: bool | None = None) -> str:
+def resume_command(run_folder: Path, overrides: list[str]) -> str:
+    """``python train.py <overrides> hydra.run.dir=<run_folder> ckpt_path=last``, ready to paste."""
+    kept = [override for override in overrides if not override.startswith("ckpt_path=")]
+    return shlex.join(["python", "train.py", *kept, f"hydra.run.dir={run_folder}", "ckpt_path=last"])
+
+
+def write_error_message(
+    error: OSError, run_folder: Path | None = None, resumable: bool | None = None, overrides: list[str] | None = None
+) -> str:
     """``Error: cannot write to <folder>: <why>.`` then what is intact and how to go on.
 
-    ``run_folder`` and ``resumable`` default to the running Hydra job's (a training job resumes).
+    ``run_folder``, ``resumable`` and ``overrides`` default to the running Hydra job's (a training job resumes).
     """
     if run_folder is None and resumable is None:
-        run_folder, resumable = _current_run()
+        run_folder, resumable, overrides = _current_run()
     folder = Path(error.filename).parent if error.filename else run_folder
     where = f" to {folder}" if folder is not None else ""
     message = f"Error: cannot write{where}: {WRITE_ERRNOS[error.errno]} ({error.strerror})."
@@ -82,7 +92,7 @@ def write_error_message(error: OSError, run_folder: Path | None = None, resumabl
             return f"{message} No checkpoint was saved yet; free space on that disk and start the run again."
         return (
             f"{message} The last complete checkpoint is intact: {checkpoint}. Free space on that disk, then resume "
-            f"with: python train.py <the same overrides> hydra.run.dir={run_folder} ckpt_path=last"
+            f"with: {resume_command(run_folder, overrides or [])}"
         )
     return (
         f"{message} Files already there are intact (vitlit writes each under a temporary name, then renames it); "
@@ -97,7 +107,7 @@ def _free_bytes(folder: Path) -> int:
     return blocks * stats.f_frsize
 
 
-def check_run_folder_writable(run_folder: Path, resumable: bool) -> None:
+def check_run_folder_writable(run_folder: Path, resumable: bool, overrides: list[str]) -> None:
     """Stop with :func:`write_error_message` when ``run_folder`` (created) is on a read-only file system, cannot be
     written, or has less than ``MIN_FREE_BYTES`` free: Hydra writes into it before any vitlit code runs."""
     if not hasattr(os, "statvfs"):  # Windows: the write itself will tell
@@ -106,6 +116,8 @@ def check_run_folder_writable(run_folder: Path, resumable: bool) -> None:
         code = errno.EROFS if os.statvfs(run_folder).f_flag & os.ST_RDONLY else errno.EACCES
         if code == errno.EACCES:
             sys.exit(f"Error: cannot write to {run_folder} (permission denied); choose another hydra.run.dir=...")
-        sys.exit(write_error_message(OSError(code, os.strerror(code)), run_folder, resumable))
+        sys.exit(write_error_message(OSError(code, os.strerror(code)), run_folder, resumable, overrides))
     if _free_bytes(run_folder) < MIN_FREE_BYTES:
-        sys.exit(write_error_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run_folder, resumable))
+        sys.exit(
+            write_error_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), run_folder, resumable, overrides)
+        )
