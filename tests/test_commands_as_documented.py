@@ -98,7 +98,7 @@ def test_predict_with_a_broken_photo_prints_a_row_per_input_marks_the_bad_one_an
 def test_eval_tests_the_checkpoint_on_its_own_data_and_writes_the_report(project):
     cwd, checkpoint = project
     result = vitlit("eval", f"ckpt_path={checkpoint}", cwd=cwd)
-    assert "test/acc" in result.stdout
+    assert "test/acc" in result.stdout and "Testing ━" in result.stdout  # the metrics table and the progress bar
     run_folder = only_run_folder(cwd, "eval")
     metrics = json.loads((run_folder / "metrics.json").read_text())
     assert 0.0 <= metrics["final"]["test/acc"] <= 1.0

@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 # errno -> what it means for the user.
 WRITE_ERRNOS = {
     errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is used up",
     errno.EFBIG: "the file is larger than the file system allows",
     errno.EROFS: "the file system is read-only",
 }
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    WRITE_ERRNOS[errno.EDQUOT] = "the disk quota is used up"
 # Less than this free in a run folder's file system stops a run before Hydra writes its .hydra/ files and the log.
 MIN_FREE_BYTES = 1 << 20
 CHECKPOINT_SUFFIX = ".ckpt"
