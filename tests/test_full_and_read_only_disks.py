@@ -98,6 +98,16 @@ def test_training_that_fills_the_disk_stops_with_one_message_and_resumes_once_th
     assert read_checkpoint(checkpoint)["epoch"] == 2
 
 
+def test_tensorboard_on_a_full_disk_is_the_same_one_message_not_its_writer_threads_traceback(tmpfs, tmp_path):
+    root = make_image_folder(tmp_path / "images", {"train": CLASSES, "test": {"cat": 2, "dog": 2}})
+    events = tmpfs("events", "256k")
+    (events / "filler").write_bytes(b"\0" * 250_000)  # TensorBoard's first events fill it
+    overrides = [f"data.root={root}", "test=false", f"logger.tensorboard.save_dir={events}"]
+    result = train_py(*overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    message = one_message(result)
+    assert "the disk is full (No space left on device)" in message and "Exception in thread" not in result.stderr
+
+
 def test_a_run_folder_without_room_stops_before_hydra_writes_into_it(tmpfs, tmp_path):
     disk = tmpfs("disk", "512k")
     message = one_message(train_py(f"data.root={tmp_path}", f"hydra.run.dir={disk / 'run'}", cwd=tmp_path))

@@ -7,6 +7,7 @@ The command-line entry points (train.py, vitlit.eval, vitlit.predict, vitlit.exp
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,10 +33,10 @@ def user_message(error: BaseException) -> str | None:
     """``Error: <message>`` for an error the user can fix, else None. Hydra wraps errors raised while it builds a
     config's object (``InstantiationException``); their message is the cause's. A full or read-only disk behind
     any error is :func:`~vitlit.training.write_errors.write_error_message`."""
+    if (disk := write_error(error)) is not None:
+        return write_error_message(disk)
     if isinstance(error, InstantiationException) and isinstance(error.__cause__, USER_ERRORS):
         error = error.__cause__
-    if not isinstance(error, USER_ERRORS) and (disk := write_error(error)) is not None:
-        return write_error_message(disk)
     if not isinstance(error, (*USER_ERRORS, InstantiationException)):  # Hydra's names the target and the cause
         return None
     return f"Error: {error}"
@@ -43,6 +44,15 @@ def user_message(error: BaseException) -> str | None:
 
 @contextmanager
 def user_errors_as_messages() -> Iterator[None]:
+    # A background writer (TensorBoard's) that hits a full disk dies with a traceback of its own; the main thread
+    # gets the same error on its next write and reports it here, once.
+    previous_hook = threading.excepthook
+
+    def quiet_write_errors(args: threading.ExceptHookArgs) -> None:
+        if write_error(args.exc_value) is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            previous_hook(args)
+
+    threading.excepthook = quiet_write_errors
     try:
         yield
     except Exception as error:
@@ -50,3 +60,5 @@ def user_errors_as_messages() -> Iterator[None]:
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise SystemExit(message) from None
+    finally:
+        threading.excepthook = previous_hook

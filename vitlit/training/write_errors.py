@@ -31,13 +31,20 @@ CHECKPOINT_SUFFIX = ".ckpt"
 
 def write_error(error: BaseException | None) -> OSError | None:
     """The full-disk, quota or read-only ``OSError`` behind ``error`` (itself, or the cause or context of an error
-    raised while handling it: torch.save's ``RuntimeError``, Hydra's wrappers), or None."""
+    raised while handling it: torch.save's ``RuntimeError``, Lightning's and Hydra's wrappers), or None."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
             return error
-        error = error.__cause__ or error.__context__
+        # The chain a traceback shows: the cause, else the context unless ``raise ... from None`` hid it.
+        error = (
+            error.__cause__
+            if error.__cause__ is not None
+            else None
+            if error.__suppress_context__
+            else error.__context__
+        )
     return None
 
 
