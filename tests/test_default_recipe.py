@@ -47,6 +47,7 @@ def test_the_default_run_loads_torchvisions_weights_from_torchs_cache_and_trains
     assert "torchvision weights ViT_B_16_Weights.IMAGENET1K_V1" in output
     assert "the frozen backbone runs once per image" in output
     assert "Epoch: 3 |" in output and "Epoch: 4 |" not in output
+    assert "Epoch 2/2 " in output and "Testing ━" in output  # the progress bars (0-based epochs)
     module = ViTClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt").eval()
     assert module.hparams.freeze_backbone is True and module.hparams.net["embed_dim"] == 768
     untouched = ViT(num_classes=3)

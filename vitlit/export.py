@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_fractions
@@ -43,6 +43,7 @@ from vitlit.inference.predictor import average_logits, normalize
 from vitlit.models.vit import ViT
 from vitlit.models.weight_formats import TIMM, TORCHVISION, CheckpointFormat
 from vitlit.models.weights import few_keys
+from vitlit.reporting.atomic_files import written_atomically
 from vitlit.user_errors import user_errors_as_messages
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,9 @@ def export_weights(model: ViT, path: str | os.PathLike, layout: str = "timm") ->
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose a new file name (vitlit never overwrites one)")
     state = export_state_dict(model, layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"format": "pt", "layout": layout, "exported_by": "vitlit"})
+    metadata = {"format": "pt", "layout": layout, "exported_by": "vitlit"}
+    with written_atomically(path, overwrite=False) as temporary:  # through Python: a full disk is an OSError
+        temporary.write_bytes(safetensors.torch.save(state, metadata=metadata))
     log.info("wrote %s (%s layout, %d tensors)", path, layout, len(state))
     return path
 
@@ -153,8 +155,8 @@ def export_onnx(graph: ServingGraph, path: str | os.PathLike, metadata: Mapping[
         )
     program.model.metadata_props.update({key: json.dumps(value) for key, value in (metadata or {}).items()})
     weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in graph.state_dict().values())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(path, external_data=weight_bytes > ONNX_SINGLE_FILE_BYTES)
+    with written_atomically(path, overwrite=False) as temporary:
+        program.save(temporary, external_data=weight_bytes > ONNX_SINGLE_FILE_BYTES)
     kind = "float32 in [0, 1]" if graph.float_input else "uint8"
     log.info("wrote %s (%.1f MB; input: images (N, 3, %d, %d) %s)", path, path.stat().st_size / 1e6, side, side, kind)
     return path

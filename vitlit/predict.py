@@ -19,11 +19,13 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vitlit.configs import CONFIG_DIR
-from vitlit.data.image_folder import IMAGE_EXTENSIONS, is_image
+from vitlit.data.image_folder import HEIF_EXTENSIONS, HEIF_INSTALL, IMAGE_EXTENSIONS, images_in, log_ignored_files
 from vitlit.inference.predictor import ImageDecodeError, Predictor, top_classes
 from vitlit.reporting.annotated_image import prediction_title, save_annotated_image
+from vitlit.reporting.atomic_files import write_text_atomically
 from vitlit.reporting.console import RichConsoleHandler
 from vitlit.user_errors import user_errors_as_messages
 
@@ -35,7 +37,7 @@ def image_files(inputs: str | Sequence[str]) -> tuple[dict[Path, Path], dict[Pat
     folders searched recursively in sorted order (named ``<folder>/<path inside it>``). Duplicates are dropped.
 
     Also returns the inputs that name no image (a missing path, a file that is not an image, a folder without
-    images) -> why, so that the good ones are still classified.
+    images) -> why, so that the good ones are still classified. Other files inside folders are counted in a warning.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -45,13 +47,16 @@ def image_files(inputs: str | Sequence[str]) -> tuple[dict[Path, Path], dict[Pat
     for entry in inputs:
         path = Path(str(entry)).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if is_image(p, path))
+            found, ignored = images_in(path)
+            log_ignored_files(path, ignored)
             if not found:
                 problems[path] = f"a folder without images ({extensions})"
             for file in found:
                 files.setdefault(file.resolve(), Path(path.resolve().name) / file.relative_to(path))
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if path.suffix.lower() in HEIF_EXTENSIONS - IMAGE_EXTENSIONS:
+                problems[path] = HEIF_INSTALL
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
                 problems[path] = f"not an image file ({extensions})"
             else:
                 files.setdefault(path.resolve(), Path(path.name))
@@ -114,8 +119,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if problems:
         log.warning("%d inputs could not be classified:\n%s", len(problems), failed)
     records += [{"path": str(path), "error": why} for path, why in problems.items()]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "predictions.json").write_text(json.dumps(records, indent=2) + "\n")
+    write_text_atomically(output_dir / "predictions.json", json.dumps(records, indent=2) + "\n")
     log.info("predictions: %s", output_dir / "predictions.json")
     return records
 
@@ -128,15 +132,14 @@ def predictions_table(records: Sequence[dict[str, Any]]) -> Table:
     for rank in range(ranks):
         table.add_column(f"#{rank + 1}")
         table.add_column("prob", justify="right")
-    if not ranks:
-        table.add_column("#1")
-    for record in records:
+    if any("error" in record for record in records):
+        table.add_column("not classified", overflow="fold", style="red")
+    for record in records:  # Text, not markup: a path or a reason may hold brackets
+        cells: list[str | Text] = [Text(record["path"])]
+        for prediction in record.get("predictions", ()):
+            cells += [Text(prediction["class"]), f"{prediction['probability']:.3f}"]
         if "error" in record:
-            table.add_row(record["path"], f"[red]not classified: {record['error']}[/red]")
-            continue
-        cells = [record["path"]]
-        for prediction in record["predictions"]:
-            cells += [prediction["class"], f"{prediction['probability']:.3f}"]
+            cells += [""] * (2 * ranks) + [Text(record["error"])]
         table.add_row(*cells)
     return table
 

@@ -19,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,11 +29,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2.functional import pil_to_tensor
+
+try:  # phones' HEIC/HEIF photos, with the heif extra (pip install "vitlit[heif]")
+    from pillow_heif import register_heif_opener
+except ImportError:
+    register_heif_opener = None
+else:
+    register_heif_opener()
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp"})
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+HEIF_INSTALL = 'HEIC/HEIF photos need pillow-heif: pip install "vitlit[heif]"'
+# What torchvision's ImageFolder reads (users migrate from it: the same folder gives the same dataset), and GIF.
+IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS) | {".gif"} | (HEIF_EXTENSIONS if register_heif_opener else frozenset())
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -81,27 +93,60 @@ def is_image(path: Path, folder: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not hidden and (path.is_file() or path.is_symlink())
 
 
+def images_in(folder: Path) -> tuple[list[Path], Counter[str]]:
+    """The images under ``folder`` (recursively, sorted) and how many other files it holds per extension
+    (``.txt``: 2, ``(none)``: 1); hidden files and folders are not counted."""
+    images, ignored = [], Counter()
+    for path in sorted(folder.rglob("*"), key=str):
+        if is_image(path, folder):
+            images.append(path)
+        elif path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            ignored[path.suffix.lower() or "(none)"] += 1
+    return images, ignored
+
+
+def log_ignored_files(folder: Path, ignored: Counter[str]) -> None:
+    """One warning naming how many files of which extensions under ``folder`` are not read as images."""
+    if not ignored:
+        return
+    counts = ", ".join(f"{suffix} ({count})" for suffix, count in sorted(ignored.items()))
+    heif = f"; {HEIF_INSTALL}" if HEIF_EXTENSIONS & ignored.keys() else ""
+    log.warning(
+        "ignored %d files in %s that are not images (%s): %s%s",
+        ignored.total(),
+        folder,
+        ", ".join(sorted(IMAGE_EXTENSIONS)),
+        counts,
+        heif,
+    )
+
+
 def scan_split(path: Path) -> ImageFolderSplit:
     """List ``path/<class>/**/<image>``; raise a clear error for a missing split or an empty class.
 
-    Non-image files (``.DS_Store``, notes) and hidden files and folders are ignored; images directly in
-    ``path`` (in no class folder) are ignored with a warning.
+    Non-image files (notes, ``.heic`` without pillow-heif) are ignored with one warning counting them per
+    extension; hidden files and folders (``.DS_Store``) silently; images directly in ``path`` (in no class
+    folder) with a warning naming them.
     """
     if not path.is_dir():
         raise FileNotFoundError(f"split folder {path} does not exist; expected {path}/<class>/<image>.jpg")
     classes = tuple(sorted(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith(".")))
     if not classes:
         raise ValueError(f"split folder {path} has no class folders; expected {path}/<class>/<image>.jpg")
-    samples = []
+    samples, ignored = [], Counter()
     for label, name in enumerate(classes):
-        images = sorted(str(p) for p in (path / name).rglob("*") if is_image(p, path / name))
+        found, ignored_here = images_in(path / name)
+        images, ignored = [str(p) for p in found], ignored + ignored_here
         if not images:
+            others = f"; it holds {', '.join(sorted(ignored_here))} files" if ignored_here else ""
+            heif = f" ({HEIF_INSTALL})" if HEIF_EXTENSIONS & ignored_here.keys() else ""
             raise ValueError(
-                f"class folder {path / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                f"class folder {path / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}){others}{heif}; "
                 "add images to it or remove it"
             )
         samples.extend((image, label) for image in images)
     warn_about_loose_files(path, IMAGE_EXTENSIONS)
+    log_ignored_files(path, ignored)
     return ImageFolderSplit(path, classes, tuple(samples))
 
 
@@ -187,14 +232,26 @@ def stratified_split(
     return rest, held_out
 
 
+class DatasetDownloadError(RuntimeError):
+    """The dataset is not on disk and cannot be downloaded (offline, a read-only or full disk, a bad archive)."""
+
+
 def download_and_extract(url: str, root: Path, sha256: str, size: int | None = None) -> None:
     """Download the zip at ``url``, verify its SHA-256, and extract it so that ``root/train`` exists.
 
     Works in a temporary folder beside ``root`` and moves the result into place at the end, so an
     interrupted download never leaves a half-written dataset; an existing ``root`` is never touched.
     """
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-download-") as work:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        work_folder = tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}-download-")
+    except OSError as error:  # a read-only or full disk, no permission
+        raise DatasetDownloadError(
+            f"no data at {root}, and it cannot be downloaded into {root.parent} ({error.strerror}). Point "
+            "data.root=/path/to/images (or the VITLIT_DATA_DIR environment variable) at a copy of the images, "
+            "or at a folder on a writable disk to download into."
+        ) from None
+    with work_folder as work:
         archive = Path(work) / "archive.zip"
         log.info("downloading %s to %s", url, root)
         digest = hashlib.sha256()
@@ -204,16 +261,20 @@ def download_and_extract(url: str, root: Path, sha256: str, size: int | None = N
                     digest.update(chunk)
                     file.write(chunk)
         except (urllib.error.URLError, OSError) as error:
-            raise RuntimeError(
+            raise DatasetDownloadError(
                 f"no data at {root}, and downloading it from {url} failed ({error}). "
                 f"If this machine is offline, copy the images to {root} "
                 "(layout train/<class>/*.jpg, test/<class>/*.jpg) "
                 "or point data.root=/path/to/images (or the VITLIT_DATA_DIR environment variable) at a local copy."
             ) from error
         if size is not None and archive.stat().st_size != size:
-            raise RuntimeError(f"download from {url} has {archive.stat().st_size} bytes, expected {size}; try again")
+            raise DatasetDownloadError(
+                f"download from {url} has {archive.stat().st_size} bytes, expected {size}; try again"
+            )
         if digest.hexdigest() != sha256:
-            raise RuntimeError(f"download from {url} has sha256 {digest.hexdigest()}, expected {sha256}; try again")
+            raise DatasetDownloadError(
+                f"download from {url} has sha256 {digest.hexdigest()}, expected {sha256}; try again"
+            )
         extracted = Path(work) / "extracted"
         with zipfile.ZipFile(archive) as zip_file:
             zip_file.extractall(extracted)
@@ -221,7 +282,9 @@ def download_and_extract(url: str, root: Path, sha256: str, size: int | None = N
         tops = [p for p in extracted.iterdir() if not p.name.startswith(("__MACOSX", "."))]
         content = tops[0] if len(tops) == 1 and not (extracted / "train").is_dir() else extracted
         if not (content / "train").is_dir():
-            raise RuntimeError(f"the archive from {url} has no train/ folder; it is not an image-folder dataset")
+            raise DatasetDownloadError(
+                f"the archive from {url} has no train/ folder; it is not an image-folder dataset"
+            )
         if not root.exists():
             content.rename(root)
 

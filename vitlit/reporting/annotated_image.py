@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vitlit.reporting.atomic_files import written_atomically
+
 TITLE_BAND = 50  # pixels
 TITLE_SIZE = 22  # pixels, Pillow's built-in font (FreeType)
 
@@ -32,8 +34,7 @@ def annotated_image(image: np.ndarray, title: str, max_side: int = 1024) -> Imag
 
 
 def save_annotated_image(image: np.ndarray, title: str, path: str | Path) -> Path:
-    """Write :func:`annotated_image` as a PNG at ``path`` (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    annotated_image(image, title).save(path, format="PNG")
-    return path
+    """Write :func:`annotated_image` as a PNG at ``path`` (folders created; a whole file or none)."""
+    with written_atomically(path) as temporary:
+        annotated_image(image, title).save(temporary, format="PNG")
+    return Path(path)

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vitlit.reporting.annotated_image import prediction_title
+from vitlit.reporting.atomic_files import written_atomically
 
 DPI = 100
 ATTENTION_ALPHA = 0.55  # the attention heat map's opacity over a photo (figures and the demo page)
@@ -51,12 +52,11 @@ def figure_to_array(figure: Figure) -> np.ndarray:
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write ``figure`` as a PNG at ``DPI``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``figure`` as a PNG at ``DPI`` (whole or not at all); returns the path."""
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, format="png")
-    return path
+    with written_atomically(path) as temporary:  # a full disk leaves no half picture
+        figure.savefig(temporary, dpi=DPI, format="png")
+    return Path(path)
 
 
 def curves_figure(history: Sequence[Mapping[str, float]], final: Mapping[str, float] | None = None) -> Figure:

@@ -10,15 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vitlit.reporting.atomic_files import write_text_atomically
+
 METRICS_FILE = "metrics.json"
 
 
 def write_metrics_file(folder: str | Path, content: Mapping[str, Any]) -> Path:
     """Write ``content`` (which holds ``"final"``: {name: value}) as ``folder/metrics.json``."""
-    path = Path(folder) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
-    return path
+    return write_text_atomically(Path(folder) / METRICS_FILE, json.dumps(content, indent=2) + "\n")
 
 
 def read_final_metrics(folder: str | Path) -> dict[str, float] | None:

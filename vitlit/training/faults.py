@@ -54,6 +54,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+def remove_unfinished_checkpoints(folder: Path) -> None:
+    """Delete the temporary files of checkpoints whose writing a killed process (``kill -9``, power loss) never
+    finished: ``.<name>.ckpt.<random>.tmp``. The finished checkpoints beside them are whole and stay."""
+    for path in sorted(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []:
+        log.info("removing %s, a checkpoint whose writing was cut off", path)
+        path.unlink(missing_ok=True)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 

@@ -21,6 +21,8 @@ from vitlit.reporting.report import RunReport
 from vitlit.training.checkpoints import check_checkpoint_fits, load_backbone
 from vitlit.training.compared_hparams import compared_hparams, swept_columns
 from vitlit.training.config_checks import check_config_types, check_config_values
+from vitlit.training.faults import remove_unfinished_checkpoints
+from vitlit.training.run_folder import process_rank
 from vitlit.training.trainer import build_trainer, finish_loggers
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ def resolve_checkpoint_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     ``checkpoints/interrupted.ckpt`` (written on Ctrl-C or SIGTERM); any other value is returned as is."""
     if ckpt_path != "last":
         return ckpt_path
+    if process_rank() == 0:
+        remove_unfinished_checkpoints(run_dir / "checkpoints")
     candidates = [run_dir / "checkpoints" / name for name in ("last.ckpt", "interrupted.ckpt")]
     existing = [path for path in candidates if path.is_file()]
     if not existing:

@@ -30,6 +30,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
 
+from vitlit.training.write_errors import check_run_folder_writable
+
 log = logging.getLogger(__name__)
 
 
@@ -125,6 +127,7 @@ class RunFolder(Callback):
                 run_dir = run_folder_for(run_dir, chosen_by_user(config, "hydra.run.dir"), config.get("ckpt_path"))
         except (FileExistsError, FileNotFoundError) as error:
             sys.exit(f"Error: {error}")
+        check_run_folder_writable(run_dir, config.hydra.job.config_name == "train", list(config.hydra.overrides.task))
         with read_write(config.hydra):
             config.hydra.run.dir = str(run_dir)
         if config.get("ckpt_path") and holds_files(Path(config.hydra.run.dir) / ".hydra"):
