@@ -38,9 +38,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     batch = torch.randn(16, 3, 224, 224)
     labels = torch.randint(0, 3, (16,))
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
 
     def step(size: int) -> None:
         images = batch if size == 224 else F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True)

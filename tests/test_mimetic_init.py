@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -14,8 +16,8 @@ NET = {"image_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_head
 def head_products(block, width: int, head_dim: int) -> list[torch.Tensor]:
     """W_q[r]^T W_k[r] of each head: the (D, D) matrix its scores are x (.) x^T of."""
     weight = block.qkv.weight
-    heads = range(width // head_dim)
-    return [weight[h * head_dim : (h + 1) * head_dim].T @ weight[width:][h * head_dim : (h + 1) * head_dim] for h in heads]
+    rows = [slice(h * head_dim, (h + 1) * head_dim) for h in range(width // head_dim)]
+    return [weight[r].T @ weight[width:][r] for r in rows]
 
 
 def test_split_by_svd_gives_the_best_low_rank_factors():
@@ -73,7 +75,7 @@ def test_at_step_0_each_token_attends_mostly_to_itself_and_then_to_its_neighbour
     rows, cols = torch.arange(64) // 8, torch.arange(64) % 8
     distance = (rows[:, None] - rows[None]).abs() + (cols[:, None] - cols[None]).abs()
     by_distance = [blank[..., distance == d].mean() for d in (0, 2, 4, 8)]
-    assert all(near > 1.5 * far for near, far in zip(by_distance, by_distance[1:]))
+    assert all(near > 1.5 * far for near, far in itertools.pairwise(by_distance))
     uniform = first_block_attention(models["default"], torch.zeros(1, 3, 64, 64))
     assert uniform[..., distance == 1].mean() < 1.1 * uniform[..., distance >= 8].mean()
 

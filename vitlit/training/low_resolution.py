@@ -49,7 +49,7 @@ class LowResolutionTraining(L.Callback):
             trainer.max_epochs,
         )
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, index: int) -> None:
         if trainer.current_epoch >= self.low_resolution_epochs(trainer):
             return
         if not isinstance(batch, list):  # ViTClassifier.on_after_batch_transfer returns a list
