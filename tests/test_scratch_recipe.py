@@ -164,6 +164,16 @@ def test_scratch_preset_validates_on_a_part_of_train_when_asked(tmp_path: Path):
     assert "val/acc" in metrics and "test/acc" not in metrics
 
 
+def test_scratch_preset_runs_unchanged_on_two_classes_with_train_and_val_only(tmp_path: Path):
+    # a user's own folder: no test/, two classes; the preset's low-resolution epochs and initialisation included
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 6, "dog": 6}, "val": {"cat": 3, "dog": 3}})
+    quick = ["trainer.max_epochs=3", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    cfg = compose_config(["experiment=scratch", "data=image_folder", f"data.root={root}", *quick], tmp_path / "run")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_several_eval_crop_fractions_stack_one_view_per_fraction():
     image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views = eval_transform(32, crop_fraction=[0.5, 1.0])(image)
