@@ -151,6 +151,8 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert preset.model.relative_localization_weight == 0.1
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.training.weight_averaging.ExponentialMovingAverage"
+    assert cfg.callbacks.low_resolution._target_ == "vitlit.training.low_resolution.LowResolutionTraining"
+    assert (cfg.callbacks.low_resolution.size, cfg.callbacks.low_resolution.fraction) == (112, 0.8)
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
