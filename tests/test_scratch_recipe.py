@@ -145,8 +145,11 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     preset = compose_config(["experiment=scratch"])
     assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 450)
     assert preset.model.relative_localization_weight == 0.1
+    assert preset.model.net.attention_init == "mimetic"
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.training.weight_averaging.ExponentialMovingAverage"
+    assert cfg.callbacks.low_resolution._target_ == "vitlit.training.low_resolution.LowResolutionTraining"
+    assert (cfg.callbacks.low_resolution.size, cfg.callbacks.low_resolution.fraction) == (112, 0.8)
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
@@ -158,6 +161,16 @@ def test_scratch_preset_validates_on_a_part_of_train_when_asked(tmp_path: Path):
     quick = ["trainer.max_epochs=1", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
     metrics = train(compose_config([*overrides, f"data.root={root}", *quick], output_dir=tmp_path / "run"))
     assert "val/acc" in metrics and "test/acc" not in metrics
+
+
+def test_scratch_preset_runs_unchanged_on_two_classes_with_train_and_val_only(tmp_path: Path):
+    # a user's own folder: no test/, two classes; the preset's low-resolution epochs and initialisation included
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 6, "dog": 6}, "val": {"cat": 3, "dog": 3}})
+    quick = ["trainer.max_epochs=3", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    cfg = compose_config(["experiment=scratch", "data=image_folder", f"data.root={root}", *quick], tmp_path / "run")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_several_eval_crop_fractions_stack_one_view_per_fraction():

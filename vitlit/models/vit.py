@@ -29,6 +29,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vitlit.models.layers import DropPath, drop_patches, resample_position_embedding, sincos_position_embedding
+from vitlit.models.mimetic_init import mimetic_init_
 from vitlit.private_api import cpu_has_native_bf16
 
 NATIVE_BF16_CPU = cpu_has_native_bf16()  # checked once: the attention path must not call out under torch.compile
@@ -175,6 +176,7 @@ class ViT(nn.Module):
             the patch tokens, timm's ``global_pool="avg"``; Beyer et al. 2022).
         patch_drop_rate: in training, drop this fraction of each image's patch tokens after the position
             embedding (:func:`~vitlit.models.layers.drop_patches`); evaluation sees every token. 0 disables it.
+        attention_init: ``default`` (truncated normal) or ``mimetic`` (:mod:`vitlit.models.mimetic_init`).
 
     ``forward`` maps images (B, 3, H, W) to logits (B, num_classes). Inputs of another size than
     ``image_size`` work too (same patch size): the position embedding is resampled on the fly.
@@ -197,6 +199,7 @@ class ViT(nn.Module):
         position_embedding: str = "learned",
         pooling: str = "token",
         patch_drop_rate: float = 0.0,
+        attention_init: str = "default",
     ):
         super().__init__()
         _check_arguments(
@@ -217,14 +220,16 @@ class ViT(nn.Module):
             raise ValueError(f"ViT argument position_embedding={position_embedding!r} is not one of: {choices}")
         if position_embedding == "sincos" and embed_dim % 4:
             raise ValueError(f"ViT position_embedding=sincos needs embed_dim divisible by 4, got {embed_dim}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"ViT argument pooling={pooling!r} is not one of: {', '.join(POOLINGS)}")
+        for key, value, known in (("pooling", pooling, POOLINGS), ("attention_init", attention_init, ATTENTION_INITS)):
+            if value not in known:
+                raise ValueError(f"ViT argument {key}={value!r} is not one of: {', '.join(known)}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_classes = num_classes
         self.grad_checkpointing = grad_checkpointing
         self.pooling = pooling
         self.patch_drop_rate = patch_drop_rate
+        self.attention_init = attention_init
         grid_side = image_size // patch_size
 
         self.patch_embedding = PatchEmbedding(3, patch_size, embed_dim)
@@ -266,6 +271,9 @@ class ViT(nn.Module):
         patcher = self.patch_embedding.patcher
         nn.init.trunc_normal_(patcher.weight, std=math.sqrt(1.0 / patcher.weight[0].numel()))
         nn.init.zeros_(patcher.bias)
+        if self.attention_init == "mimetic":
+            for block in self.transformer_encoder:
+                mimetic_init_(block.msa_block.qkv, block.msa_block.proj, block.msa_block.num_heads)
         self.reset_classifier(self.num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -357,6 +365,7 @@ class ViT(nn.Module):
 
 POSITION_EMBEDDINGS = ("learned", "sincos")
 POOLINGS = ("token", "mean")
+ATTENTION_INITS = ("default", "mimetic")
 
 
 def _check_arguments(**arguments: float) -> None:
