@@ -62,6 +62,11 @@ def test_grid_with_a_failing_job_writes_a_summary_of_every_job(image_folder: Pat
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_the_summary_lists_both_jobs(sweep, result.stdout)
+
+
+def assert_the_summary_lists_both_jobs(sweep: Path, stdout: str) -> None:
+    """The sweep of ``model.net.num_heads=4,3``: job 0 completed, job 1 failed, in the CSV and the printed table."""
     with (sweep / "sweep_summary.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [(r["job"], r["model.net.num_heads"], r["status"]) for r in rows] == [
@@ -70,7 +75,7 @@ def test_grid_with_a_failing_job_writes_a_summary_of_every_job(image_folder: Pat
     ]
     assert 0.0 <= float(rows[0]["val/acc_best"]) <= 1.0 and rows[0]["folder"] == str(sweep / "0")
     assert "not divisible by num_heads=3" in rows[1]["error"] and rows[1]["val/acc_best"] == ""
-    assert "2 jobs, 1 failed, best val/acc_best first" in result.stdout
+    assert "2 jobs, 1 failed, best val/acc_best first" in stdout
 
 
 def optuna_sweep(image_folder: Path, tmp_path: Path, sweep: Path, *overrides: str) -> list[dict[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from conftest import CONF_DIR, REPO_ROOT, TINY_RUN
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+from test_sweep import assert_the_summary_lists_both_jobs
 
 from vitlit.configs import devices_per_node
 
@@ -42,15 +42,7 @@ def test_local_launcher_runs_each_job_in_its_own_process_and_summarises_them_all
     assert (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
     submitit_logs = sorted(p.name for p in (sweep / ".submitit").rglob("*_log.out"))
     assert len(submitit_logs) == 2  # two processes of submitit's, one per job
-    with (sweep / "sweep_summary.csv").open() as file:
-        rows = list(csv.DictReader(file))
-    assert [(r["job"], r["model.net.num_heads"], r["status"]) for r in rows] == [
-        ("0", "4", "completed"),
-        ("1", "3", "failed"),
-    ]
-    assert 0.0 <= float(rows[0]["val/acc_best"]) <= 1.0 and rows[0]["folder"] == str(sweep / "0")
-    assert "not divisible by num_heads=3" in rows[1]["error"] and rows[1]["val/acc_best"] == ""
-    assert "2 jobs, 1 failed, best val/acc_best first" in result.stdout
+    assert_the_summary_lists_both_jobs(sweep, result.stdout)
 
     # TensorBoard's HPARAMS table: the swept key and the short named list, not the whole config.
     events = EventAccumulator(str(sweep / "0" / "tensorboard"))
