@@ -15,6 +15,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from vitlit.reporting.atomic_files import written_atomically
+
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "test_predictions.csv"
@@ -24,16 +26,14 @@ COLUMNS = ("path", "true_class", "predicted_class")  # then one "p_<class>" colu
 def write_predictions_csv(
     path: Path, sources: Sequence[str], labels: Sequence[int], probabilities: torch.Tensor, class_names: Sequence[str]
 ) -> int:
-    """Write the rows (probabilities with 9 significant digits) to ``path`` through a temporary file; return how
+    """Write the rows (probabilities with 9 significant digits) to ``path``, a whole file or none; return how
     many images were misclassified."""
     predicted = probabilities.argmax(dim=1).tolist()
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as file:
+    with written_atomically(path) as temporary, temporary.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow([*COLUMNS, *(f"p_{name}" for name in class_names)])
         for source, label, guess, row in zip(sources, labels, predicted, probabilities.tolist(), strict=True):
             writer.writerow([source, class_names[label], class_names[guess], *(f"{p:.9g}" for p in row)])
-    temporary.replace(path)
     return sum(label != guess for label, guess in zip(labels, predicted, strict=True))
 
 
