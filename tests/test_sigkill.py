@@ -28,7 +28,8 @@ pytestmark = [
 ]
 
 EPOCHS = 3  # killed while saving epoch 2's last.ckpt: the resumed run has an epoch left to train
-RUN = [*TINY_RUN, "test=false", "callbacks.model_summary=null", f"trainer.max_epochs={EPOCHS}"]
+RANDOM_KILL_EPOCHS = 40  # long enough that a kill up to a second after the first checkpoint lands mid-run anywhere
+RUN = [*TINY_RUN, "test=false", "callbacks.model_summary=null"]
 
 # Runs train.py; argv: <point> <n> <overrides...>. The process kills itself at <point> of the n-th last.ckpt save.
 KILL_AT_POINT = """
@@ -82,8 +83,9 @@ def environment() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "PYTHONPATH": str(REPO_ROOT)}
 
 
-def train_py(images: Path, run: Path) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "train.py"), *RUN, f"data.root={images}", f"hydra.run.dir={run}"]
+def train_py(images: Path, run: Path, epochs: int) -> list[str]:
+    overrides = [*RUN, f"trainer.max_epochs={epochs}", f"data.root={images}", f"hydra.run.dir={run}"]
+    return [sys.executable, str(REPO_ROOT / "train.py"), *overrides]
 
 
 def check_checkpoints_load(run: Path) -> None:
@@ -91,12 +93,13 @@ def check_checkpoints_load(run: Path) -> None:
         read_checkpoint(path)  # raises for a truncated or corrupted file (zip records are checked)
 
 
-def resume_finishes(run: Path, images: Path) -> None:
+def resume_finishes(run: Path, images: Path, epochs: int = EPOCHS) -> None:
     """``ckpt_path=last`` in the run folder (in this process: train.py's own resume runs in
     tests/test_full_and_read_only_disks.py) trains the epochs left and ends with the last one's checkpoint."""
-    metrics, log = train_with_log(compose_config([*RUN, f"data.root={images}", "ckpt_path=last"], output_dir=run))
-    assert f"Epoch: {EPOCHS} |" in log and "val/acc" in metrics
-    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == EPOCHS - 1
+    overrides = [*RUN, f"trainer.max_epochs={epochs}", f"data.root={images}", "ckpt_path=last"]
+    metrics, log = train_with_log(compose_config(overrides, output_dir=run))
+    assert f"Epoch: {epochs} |" in log and "val/acc" in metrics
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == epochs - 1
     assert not [path.name for path in (run / "checkpoints").iterdir() if path.name.startswith(".")]  # no temporary left
 
 
@@ -109,7 +112,7 @@ def test_a_kill_while_saving_last_ckpt_leaves_a_checkpoint_that_loads_and_the_ru
 ):
     run = tmp_path / "run"
     launcher = KILL_AT_POINT.format(train_py=str(REPO_ROOT / "train.py"))
-    command = [sys.executable, "-c", launcher, point, "2", *RUN, f"data.root={images}", f"hydra.run.dir={run}"]
+    command = [sys.executable, "-c", launcher, point, "2", *train_py(images, run, EPOCHS)[2:]]
     killed = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
     temporaries = [path for path in (run / "checkpoints").iterdir() if path.name.startswith(".last.ckpt.")]
@@ -123,16 +126,16 @@ def test_a_kill_while_saving_last_ckpt_leaves_a_checkpoint_that_loads_and_the_ru
 def test_a_kill_at_a_random_moment_leaves_checkpoints_that_load_and_the_run_resumes(images: Path, tmp_path: Path, seed):
     run = tmp_path / "run"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(train_py(images, run), cwd=tmp_path, env=environment(), **quiet)
+    process = subprocess.Popen(train_py(images, run, RANDOM_KILL_EPOCHS), cwd=tmp_path, env=environment(), **quiet)
     first_checkpoint = run / "checkpoints" / "last.ckpt"
     try:
         deadline = time.monotonic() + 300
         while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(random.Random(seed).uniform(0.0, 1.0))  # within the second epoch on any machine we know
+        time.sleep(random.Random(seed).uniform(0.0, 1.0))  # mid-run: a 40-epoch run outlasts it everywhere
         process.send_signal(signal.SIGKILL)
     finally:
         returncode = process.wait(timeout=60)
     assert returncode == -signal.SIGKILL, "the run ended before the kill"
     check_checkpoints_load(run)
-    resume_finishes(run, images)
+    resume_finishes(run, images, RANDOM_KILL_EPOCHS)
