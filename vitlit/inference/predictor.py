@@ -103,12 +103,11 @@ class Predictor:
         fractions = crop_fractions(eval_crop_fraction)
         size = network.image_size
         self.views = [eval_transform(size, fraction, interpolation, normalize=False) for fraction in fractions]
-        self.resize_sizes = [round(size / fraction) for fraction in fractions]
-        self.interpolation = interpolation
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.test_time_flip = test_time_flip
-        self.draft_size = max(self.resize_sizes) if fast_decode else None  # as the data modules decode
+        # JPEGs decode at a reduced scale keeping the largest resize, as the data modules decode them.
+        self.draft_size = round(size / min(fractions)) if fast_decode else None
 
     @classmethod
     def from_checkpoint(
