@@ -248,7 +248,7 @@ VITLIT = CheckpointFormat(
     block={key: key for key in TIMM.block},
     head={key: key for key in TIMM.head},
     # ViTClassifier's training-only auxiliary heads, not part of the ViT (instance_head: vitlit <= 06f6cff).
-    ignored=("relative_localization.", "instance_head."),
+    ignored=("relative_localization.", "locality_guidance.", "instance_head."),
 )
 
 # The hand-built ViT of the notebook vitlit replaces (mrdbourke/pytorch-deep-learning 08): vitlit's module names,

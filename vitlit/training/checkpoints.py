@@ -26,7 +26,7 @@ def classifier_from_checkpoint(checkpoint: Mapping[str, Any]) -> ViTClassifier:
 
 HEAD_PREFIX = "model.classifier.head."
 # Training-only auxiliary heads of ViTClassifier (instance_head: vitlit 06f6cff and before).
-AUXILIARY_PREFIXES = ("relative_localization.", "instance_head.")
+AUXILIARY_PREFIXES = ("relative_localization.", "locality_guidance.", "instance_head.")
 
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:

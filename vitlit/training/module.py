@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitlit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitlit.inference.compat import upgrade_module_hparams, upgrade_net
 from vitlit.inference.predictor import average_logits, normalize
+from vitlit.models.locality_guidance import LocalityGuidance, block_outputs
 from vitlit.models.relative_localization import DenseRelativeLocalization
 from vitlit.models.vit import ViT
 from vitlit.models.weights import load_pretrained
@@ -57,13 +58,18 @@ class ViTClassifier(L.LightningModule):
         test_time_flip: validation, test and prediction average the logits of each image and its mirror image.
         relative_localization_weight: weight of the dense relative localisation loss (Liu et al. 2021; see
             :mod:`vitlit.models.relative_localization`) added to the training loss; 0 disables it.
+        locality_guidance: keyword arguments of :class:`vitlit.models.locality_guidance.LocalityGuidance` (all
+            but the ViT's width, depth and class count), e.g. ``{"weight": 2.5, "epochs": 100}``: a small CNN is
+            trained on the training batches when fitting starts, then some blocks' tokens imitate its features.
+            ``None`` disables it.
 
     Batches are (images (B, 3, H, W), labels (B,)), evaluation batches also (B, V, 3, H, W) (V views of each
     image, see ``evaluation_logits``); images either uint8 in [0, 255], normalised on the
     device in ``on_after_batch_transfer`` (4x less host-to-device traffic than float32), or float tensors
     that are already normalised and pass through unchanged. ``forward`` accepts both too.
     Logged: ``{train,val,test}/{loss,acc}`` as exact epoch values over images, and ``val/acc_best``; with the
-    localisation loss on, ``train/relative_localization`` too (``train/loss`` includes it, weighted).
+    localisation loss on, ``train/relative_localization`` too (``train/loss`` includes it, weighted); with
+    locality guidance, ``train/locality_guidance``.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class ViTClassifier(L.LightningModule):
         batch_mixing: BatchMixingFactory | None = None,
         test_time_flip: bool = False,
         relative_localization_weight: float = 0.0,
+        locality_guidance: dict[str, Any] | None = None,
     ):
         super().__init__()
         net = upgrade_net(net)  # net arguments of older vitlit versions (Lightning's load_from_checkpoint)
@@ -106,6 +113,12 @@ class ViTClassifier(L.LightningModule):
         self.relative_localization_weight = relative_localization_weight
         width = self.model.class_embedding.shape[-1]
         self.relative_localization = DenseRelativeLocalization(width) if relative_localization_weight > 0 else None
+        self.locality_guidance = None
+        if locality_guidance is not None:
+            if self.model.patch_drop_rate:
+                raise ValueError("model.locality_guidance needs every patch token: set model.net.patch_drop_rate=0")
+            depth = len(self.model.transformer_encoder)
+            self.locality_guidance = LocalityGuidance(width, depth, num_classes, **locality_guidance)
         if freeze_backbone:
             self.model.requires_grad_(False)
             self.model.classifier.head.requires_grad_(True)
@@ -169,11 +182,11 @@ class ViTClassifier(L.LightningModule):
             targets = labels
             if self.batch_mixing is not None:
                 images, targets = self.batch_mixing(images, labels)  # targets: (B, classes) probabilities
-            if self.relative_localization is None:
+            if self.relative_localization is None and self.locality_guidance is None:
                 logits = self(images)
                 loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
             else:
-                logits, loss = self._loss_with_relative_localization(images, targets)
+                logits, loss = self._loss_with_auxiliaries(images, targets)
         else:
             logits = self.evaluation_logits(images)
             loss = F.cross_entropy(logits, labels)
@@ -186,16 +199,40 @@ class ViTClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
 
-    def _loss_with_relative_localization(
-        self, images: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass (``ViT.forward``, compiled with ``compile``) feeds the classifier and the auxiliary head."""
-        logits, tokens, kept = self.model(self.normalize(images), return_tokens=True)
+    def _loss_with_auxiliaries(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass (``ViT.forward``, compiled with ``compile``) feeds the classifier and the auxiliary losses."""
+        images = self.normalize(images)
+        guidance = self.locality_guidance
+        with block_outputs(self.model.transformer_encoder, guidance.blocks if guidance else []) as outputs:
+            logits, tokens, kept = self.model(images, return_tokens=True)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         grid = self.model.patch_grid(images)
-        localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
-        self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
-        return logits, loss + self.relative_localization_weight * localization
+        if self.relative_localization is not None:
+            localization = self.relative_localization(self.model.classifier.norm(tokens[:, 1:]), grid, kept)
+            self.log("train/relative_localization", localization, on_step=False, on_epoch=True, batch_size=len(images))
+            loss = loss + self.relative_localization_weight * localization
+        if guidance is not None:
+            imitation = guidance.loss(images, [outputs[block][:, 1:] for block in guidance.blocks], grid)
+            self.log("train/locality_guidance", imitation, on_step=False, on_epoch=True, batch_size=len(images))
+            loss = loss + guidance.weight * imitation
+        return logits, loss
+
+    def on_fit_start(self) -> None:
+        guidance = self.locality_guidance
+        if guidance is None or bool(guidance.guide_trained):  # trained already: a resumed run
+            return
+        trainer = self.trainer
+        if trainer.is_global_zero:
+            guidance.fit_guide(
+                trainer.datamodule.train_dataloader(),
+                self.normalize,
+                self.device,
+                label_smoothing=self.label_smoothing,
+                autocast=trainer.precision_plugin.forward_context,
+            )
+        # Every process imitates the same guide: rank 0's.
+        guide_state = trainer.strategy.broadcast({k: v.cpu() for k, v in guidance.state_dict().items()}, src=0)
+        guidance.load_state_dict(guide_state)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train", self.train_acc)[0]
@@ -243,10 +280,10 @@ class ViTClassifier(L.LightningModule):
         depth = len(self.model.transformer_encoder)
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         named_parameters = list(self.model.named_parameters())
-        # The auxiliary head is grouped as part of the classifier (the last layer under layer decay).
-        if self.relative_localization is not None:
-            auxiliary = self.relative_localization.named_parameters()
-            named_parameters += [(f"classifier.relative_localization.{name}", p) for name, p in auxiliary]
+        # The auxiliary heads are grouped as part of the classifier (the last layer under layer decay).
+        for name, head in (("relative_localization", self.relative_localization), ("locality_guidance", self.locality_guidance)):
+            if head is not None:
+                named_parameters += [(f"classifier.{name}.{key}", p) for key, p in head.named_parameters()]
         for name, parameter in named_parameters:
             if not parameter.requires_grad:
                 continue

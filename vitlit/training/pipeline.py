@@ -57,7 +57,8 @@ def intended_lightning_warnings_silenced() -> Iterator[None]:
     with warnings.catch_warnings():
         # The module, not the data module, normalises batches (its checkpoint holds mean/std).
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule` but")
-        # A frozen backbone is kept in eval mode on purpose (no dropout in a feature extractor): ViTClassifier.train().
+        # A frozen backbone (no dropout in a feature extractor) and a locality guide (batch norm's running statistics)
+        # are kept in eval mode on purpose: ViTClassifier.train(), LocalityGuidance.train().
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         yield
 
