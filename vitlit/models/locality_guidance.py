@@ -100,7 +100,7 @@ class LocalityGuidance(nn.Module):
         weight: float = 2.5,
         blocks: Sequence[int] = (0, -2, -1),
         widths: Sequence[int] = (32, 64, 128),
-        size: int = 112,
+        size: int = 64,
         epochs: int = 100,
         lr: float = 0.05,
     ):
@@ -125,7 +125,7 @@ class LocalityGuidance(nn.Module):
         with torch.no_grad():
             targets = self.guide.stages(resized(images, self.size))
         total = images.new_zeros((), dtype=torch.float32)
-        for tokens, projection, target in zip(block_tokens, self.projections, targets):
+        for tokens, projection, target in zip(block_tokens, self.projections, targets, strict=True):
             feature_map = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
             student = projection(feature_map)
             size = (max(student.shape[-2], target.shape[-2]), max(student.shape[-1], target.shape[-1]))
@@ -148,9 +148,10 @@ class LocalityGuidance(nn.Module):
         steps_per_epoch = len(loader)  # type: ignore[arg-type]
         optimizer = torch.optim.SGD(guide.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
         total = max(1, self.epochs * steps_per_epoch)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+        cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / total))  # noqa: E731
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         correct = seen = 0
-        for epoch in range(self.epochs):
+        for _ in range(self.epochs):
             correct = seen = 0
             for images, labels in loader:
                 images = resized(normalize(images.to(device)), self.size)
@@ -167,7 +168,7 @@ class LocalityGuidance(nn.Module):
         guide.requires_grad_(False).eval()
         self.guide_trained.fill_(True)
         accuracy = correct / max(seen, 1)
-        log.info("locality guide CNN trained for %d epochs at %d px: %.3f training accuracy", self.epochs, self.size, accuracy)
+        log.info("locality guide CNN: %d epochs at %d px, %.3f training accuracy", self.epochs, self.size, accuracy)
         return accuracy
 
 
@@ -175,10 +176,11 @@ class LocalityGuidance(nn.Module):
 def block_outputs(blocks: nn.ModuleList, indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Inside the ``with``, the returned dict maps each index to the output of ``blocks[index]``'s last call."""
     outputs: dict[int, torch.Tensor] = {}
-    hooks = [
-        blocks[index].register_forward_hook(lambda _module, _inputs, output, index=index: outputs.__setitem__(index, output))
-        for index in indices
-    ]
+
+    def record(index: int) -> Callable[..., None]:
+        return lambda _module, _inputs, output: outputs.__setitem__(index, output)
+
+    hooks = [blocks[index].register_forward_hook(record(index)) for index in indices]
     try:
         yield outputs
     finally:

@@ -200,7 +200,7 @@ class ViTClassifier(L.LightningModule):
         return loss, logits
 
     def _loss_with_auxiliaries(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass (``ViT.forward``, compiled with ``compile``) feeds the classifier and the auxiliary losses."""
+        """One forward pass (``ViT.forward``, compiled with ``compile``) feeds the classifier and the auxiliaries."""
         images = self.normalize(images)
         guidance = self.locality_guidance
         with block_outputs(self.model.transformer_encoder, guidance.blocks if guidance else []) as outputs:
@@ -281,7 +281,8 @@ class ViTClassifier(L.LightningModule):
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
         named_parameters = list(self.model.named_parameters())
         # The auxiliary heads are grouped as part of the classifier (the last layer under layer decay).
-        for name, head in (("relative_localization", self.relative_localization), ("locality_guidance", self.locality_guidance)):
+        auxiliaries = {"relative_localization": self.relative_localization, "locality_guidance": self.locality_guidance}
+        for name, head in auxiliaries.items():
             if head is not None:
                 named_parameters += [(f"classifier.{name}.{key}", p) for key, p in head.named_parameters()]
         for name, parameter in named_parameters:
