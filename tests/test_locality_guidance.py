@@ -72,7 +72,7 @@ def test_the_guide_is_trained_first_then_frozen_and_the_vit_learns_with_it(tmp_p
     trainer.fit(module, datamodule=data)
     guidance = module.locality_guidance
     assert bool(guidance.guide_trained)
-    assert not torch.equal(guidance.guide.stem[0].weight, guide_before["stem.0.weight"])  # it was trained
+    assert not torch.equal(guidance.guide.entry[0].weight, guide_before["entry.0.weight"])  # it was trained
     assert not any(p.requires_grad for p in guidance.guide.parameters())
     assert not torch.equal(guidance.projections[0].weight, projection_before)  # the projections learn with the ViT
     assert torch.isfinite(trainer.callback_metrics["train/locality_guidance"])
@@ -88,7 +88,7 @@ def test_the_guide_is_trained_first_then_frozen_and_the_vit_learns_with_it(tmp_p
     assert all(torch.equal(value, trained[key]) for key, value in network.state_dict().items())
 
     # Resuming does not train the guide again: it comes back from the checkpoint.
-    trained_guide = guidance.guide.stem[0].weight.detach().clone()
+    trained_guide = guidance.guide.entry[0].weight.detach().clone()
     resumed = ViTClassifier(
         net=NET,
         class_names=["cat", "dog"],
@@ -99,9 +99,19 @@ def test_the_guide_is_trained_first_then_frozen_and_the_vit_learns_with_it(tmp_p
         max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
     )
     trainer.fit(resumed, datamodule=data, ckpt_path=checkpoint_path)
-    assert torch.equal(resumed.locality_guidance.guide.stem[0].weight, trained_guide)
+    assert torch.equal(resumed.locality_guidance.guide.entry[0].weight, trained_guide)
 
 
 def test_patch_dropout_is_refused_with_the_key_named():
     with pytest.raises(ValueError, match="patch_drop_rate=0"):
         ViTClassifier(net={**NET, "patch_drop_rate": 0.5}, class_names=["a", "b"], locality_guidance=GUIDANCE)
+
+
+def test_fitting_without_a_data_module_is_refused_with_what_to_do(tmp_path: Path):
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 4, "dog": 4}, "val": {"cat": 1, "dog": 1}})
+    data = ImageFolderDataModule(str(root), batch_size=4, num_workers=0, image_size=32)
+    data.setup("fit")
+    module = ViTClassifier(net=NET, class_names=["cat", "dog"], optimizer=torch.optim.AdamW, locality_guidance=GUIDANCE)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="pass a LightningDataModule"):
+        trainer.fit(module, train_dataloaders=data.train_dataloader())

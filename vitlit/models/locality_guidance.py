@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
 
 
 class GuideCNN(nn.Module):
-    """A small ResNet: a stride-2 3x3 stem, then one basic block per stage (strides 1, 2, 2, ...), a linear head.
+    """A small ResNet: a stride-2 3x3 convolution, then one basic block per stage (strides 1, 2, 2, ...), a linear head.
 
     ``stages(images)`` returns each stage's output (B, C_i, H_i, W_i): the features the ViT imitates.
     """
@@ -51,7 +51,7 @@ class GuideCNN(nn.Module):
     def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128)):
         super().__init__()
         self.widths = tuple(widths)
-        self.stem = nn.Sequential(
+        self.entry = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         channels = [widths[0], *widths]
@@ -61,7 +61,7 @@ class GuideCNN(nn.Module):
         self.head = nn.Linear(widths[-1], num_classes)
 
     def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        features, x = [], self.stem(images)
+        features, x = [], self.entry(images)
         for block in self.stage_blocks:
             x = block(x)
             features.append(x)

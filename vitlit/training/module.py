@@ -222,6 +222,11 @@ class ViTClassifier(L.LightningModule):
         if guidance is None or bool(guidance.guide_trained):  # trained already: a resumed run
             return
         trainer = self.trainer
+        if trainer.datamodule is None:
+            raise ValueError(
+                "model.locality_guidance trains its guide on the data module's training batches: pass a "
+                "LightningDataModule to trainer.fit (datamodule=...), or set model.locality_guidance=null"
+            )
         if trainer.is_global_zero:
             guidance.fit_guide(
                 trainer.datamodule.train_dataloader(),
