@@ -146,6 +146,7 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 450)
     assert preset.model.relative_localization_weight == 0.1
     assert preset.model.net.attention_init == "mimetic"
+    assert preset.model.locality_guidance == {"weight": 2.5, "epochs": 100, "size": 64}
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.training.weight_averaging.ExponentialMovingAverage"
     assert cfg.callbacks.low_resolution._target_ == "vitlit.training.low_resolution.LowResolutionTraining"
