@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from benchmarks.timing import describe_machine, markdown_table, time_interleaved
 from vitlit.configs import CONFIG_DIR
 from vitlit.data.transforms import train_transform
-from vitlit.models.locality_guidance import resized
+from vitlit.models.layers import resized_square
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         guidance = modules[", guided"].locality_guidance
         guide = guidance.guide.requires_grad_(True).train()
         with autocast:
-            loss = F.cross_entropy(guide(resized(batch, guidance.size)).float(), labels)
+            loss = F.cross_entropy(guide(resized_square(batch, guidance.size)).float(), labels)
         loss.backward()
         guide.zero_grad(set_to_none=True)
 

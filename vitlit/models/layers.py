@@ -78,3 +78,10 @@ def drop_patches(tokens: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch
     kept = torch.rand(tokens.shape[0], patches, device=tokens.device).argsort(dim=1)[:, :keep].sort(dim=1).values
     kept_patches = tokens[:, 1:].gather(1, kept.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
     return torch.cat([tokens[:, :1], kept_patches], dim=1), kept
+
+
+def resized_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, C, H, W) -> (B, C, size, size), antialiased bilinear, in their dtype; unchanged when already so."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).to(images.dtype)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlit.models.layers import resized_square
+
 log = logging.getLogger(__name__)
 
 
@@ -71,12 +73,6 @@ class GuideCNN(nn.Module):
         return self.head(self.stages(images)[-1].mean(dim=(-2, -1)))
 
 
-def resized(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True).to(images.dtype)
-
-
 class LocalityGuidance(nn.Module):
     """The guide CNN and the 1x1 convolutions that map ViT blocks' tokens onto its stages.
 
@@ -123,14 +119,13 @@ class LocalityGuidance(nn.Module):
         """Normalised images (B, 3, H, W) and the chosen blocks' patch tokens (B, N, D) on a ``grid`` -> the mean
         over stages of the squared error between projected tokens and the guide's features, at the finer size."""
         with torch.no_grad():
-            targets = self.guide.stages(resized(images, self.size))
+            targets = self.guide.stages(resized_square(images, self.size))
         total = images.new_zeros((), dtype=torch.float32)
         for tokens, projection, target in zip(block_tokens, self.projections, targets, strict=True):
             feature_map = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
             student = projection(feature_map)
             size = (max(student.shape[-2], target.shape[-2]), max(student.shape[-1], target.shape[-1]))
-            student = F.interpolate(student, size, mode="bilinear", align_corners=False)
-            target = F.interpolate(target, size, mode="bilinear", align_corners=False)
+            student, target = (_upsampled(feature, size) for feature in (student, target))
             total = total + F.mse_loss(student.float(), target.float())
         return total / len(targets)
 
@@ -154,7 +149,7 @@ class LocalityGuidance(nn.Module):
         for _ in range(self.epochs):
             correct = seen = 0
             for images, labels in loader:
-                images = resized(normalize(images.to(device)), self.size)
+                images = resized_square(normalize(images.to(device)), self.size)
                 labels = labels.to(device)
                 with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
                     logits = guide(images)
@@ -170,6 +165,12 @@ class LocalityGuidance(nn.Module):
         accuracy = correct / max(seen, 1)
         log.info("locality guide CNN: %d epochs at %d px, %.3f training accuracy", self.epochs, self.size, accuracy)
         return accuracy
+
+
+def _upsampled(feature_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(feature_map.shape[-2:]) == size:
+        return feature_map
+    return F.interpolate(feature_map, size, mode="bilinear", align_corners=False)
 
 
 @contextmanager

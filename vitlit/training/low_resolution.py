@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 import lightning as L
-import torch.nn.functional as F
+
+from vitlit.models.layers import resized_square
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,4 @@ class LowResolutionTraining(L.Callback):
             return
         if not isinstance(batch, list):  # ViTClassifier.on_after_batch_transfer returns a list
             raise TypeError(f"LowResolutionTraining resizes list batches [images, labels], got {type(batch).__name__}")
-        images = batch[0]
-        if images.shape[-1] != self.size or images.shape[-2] != self.size:
-            resized = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
-            batch[0] = resized.to(images.dtype)
+        batch[0] = resized_square(batch[0], self.size)
