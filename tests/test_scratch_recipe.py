@@ -143,14 +143,14 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
     assert cfg.data.random_erasing == 0.25 and tuple(cfg.data.train_crop_scale) == (0.35, 1.0)
     assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875] and cfg.data.cache
     preset = compose_config(["experiment=scratch"])
-    assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 450)
-    assert preset.model.relative_localization_weight == 0.1
+    assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 400)
+    assert preset.model.relative_localization_weight == 0
     assert preset.model.net.attention_init == "mimetic"
     assert preset.model.locality_guidance == {"weight": 2.5, "epochs": 100, "size": 64}
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.training.weight_averaging.ExponentialMovingAverage"
     assert cfg.callbacks.low_resolution._target_ == "vitlit.training.low_resolution.LowResolutionTraining"
-    assert (cfg.callbacks.low_resolution.size, cfg.callbacks.low_resolution.fraction) == (112, 0.8)
+    assert (cfg.callbacks.low_resolution.size, cfg.callbacks.low_resolution.fraction) == (112, 0.7)
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics
     assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
