@@ -8,7 +8,7 @@ training resolution, since the batch is downsampled on the device). Run it as an
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``.
 
     python -m benchmarks.low_resolution --sizes 224 160 128 112 --precision 32
-    python -m benchmarks.low_resolution --sizes 224 112 --locality-guidance "{weight: 2.5, epochs: 100}"
+    python -m benchmarks.low_resolution --sizes 224 112 --locality-guidance "{weight: 2.5, steps: 1400}"
 """
 
 from __future__ import annotations

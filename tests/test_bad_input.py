@@ -398,7 +398,7 @@ def test_train_script_reports_bad_images_without_a_traceback_through_lightning(f
         ("model.layer_decay=1.5", "model.layer_decay=1.5 must be in (0, 1], or null"),
         ("model.relative_localization_weight=-0.1", "model.relative_localization_weight=-0.1 must be >= 0"),
         ("model.locality_guidance={weight:-1}", "model.locality_guidance.weight=-1 must be >= 0"),
-        ("model.locality_guidance={epochs:0}", "model.locality_guidance.epochs=0 must be at least 1"),
+        ("model.locality_guidance={steps:0}", "model.locality_guidance.steps=0 must be at least 1"),
     ],
 )
 def test_impossible_numbers_are_named_before_anything_is_built(tmp_path: Path, override: str, named: str):

@@ -108,8 +108,8 @@ def test_a_06f6cff_run_resumes_to_the_weights_that_code_reached(tmp_path: Path):
     make_fixture.write_folder(root)
     resume_from = tmp_path / "resume_from.ckpt"
     shutil.copy(CHECKPOINT, resume_from)  # resuming reads the file; the fixture stays as it is
-    # The preset gained locality guidance after 06f6cff; that run trained without it.
-    unchanged = ["model.locality_guidance=null"]
+    # The preset gained locality guidance, low-resolution steps and a step budget after 06f6cff; that run had none.
+    unchanged = ["model.locality_guidance=null", "callbacks.low_resolution=null", "trainer.max_steps=-1"]
     overrides = [*make_fixture.training_overrides(root), *unchanged, "trainer.max_epochs=5", f"ckpt_path={resume_from}"]
     train(compose_config(overrides, tmp_path / "resumed"))
     resumed = classifier_from_checkpoint(read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))

@@ -149,6 +149,15 @@ def test_model_card_is_filled_from_the_run_folder(tmp_path: Path, config_file: s
         assert line in card
     assert "- started from: random initialisation (model.weights=null)" in card
     assert "weight decay" not in card and "label smoothing" not in card  # not in the config: left out
+    assert "- steps" not in card
+
+
+def test_model_card_of_a_step_budget_names_the_steps_not_unlimited_epochs(tmp_path: Path):
+    run = tmp_path / "2026-12-08_02-30-00"
+    path, _ = checkpoint(run / "checkpoints")
+    (run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": -1, "max_steps": 5600}}))
+    card = (main([str(path), str(tmp_path / "my_model"), "--layout", "timm"]) / "README.md").read_text()
+    assert "- steps: 5600" in card and "- epochs" not in card
 
 
 def test_model_card_without_a_run_folder_invents_nothing(tmp_path: Path):

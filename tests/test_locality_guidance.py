@@ -15,9 +15,10 @@ from vitlit.inference.checkpoint import network_from_checkpoint, read_checkpoint
 from vitlit.models.locality_guidance import GuideCNN, LocalityGuidance, block_outputs
 from vitlit.models.vit import ViT
 from vitlit.training.module import ViTClassifier
+from vitlit.training.schedule import warmup_cosine
 
 NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "mlp_dim": 64}
-GUIDANCE = {"weight": 2.5, "widths": [4, 8, 16], "size": 16, "epochs": 3, "lr": 0.05}
+GUIDANCE = {"weight": 2.5, "widths": [4, 8, 16], "size": 16, "steps": 3, "lr": 0.05}
 
 
 def test_the_guide_returns_each_stage_at_halving_sizes():
@@ -93,7 +94,7 @@ def test_the_guide_is_trained_first_then_frozen_and_the_vit_learns_with_it(tmp_p
         net=NET,
         class_names=["cat", "dog"],
         optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3),
-        locality_guidance={**GUIDANCE, "epochs": 1000},  # would take long if it ran
+        locality_guidance={**GUIDANCE, "steps": 100000},  # would take long if it ran
     )
     trainer = L.Trainer(
         max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
@@ -115,3 +116,51 @@ def test_fitting_without_a_data_module_is_refused_with_what_to_do(tmp_path: Path
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="pass a LightningDataModule"):
         trainer.fit(module, train_dataloaders=data.train_dataloader())
+
+
+class CountingLoader:
+    """Two fixed batches per pass; counts the batches served."""
+
+    def __init__(self, batches):
+        self.batches, self.served = batches, 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.served += 1
+            yield batch
+
+
+def test_the_guide_trains_for_its_step_budget_whatever_the_loader_length():
+    # 5 steps over a 2-batch loader: passes 1 and 2 whole, the third stops after its first batch
+    guidance = LocalityGuidance(32, 3, num_classes=2, **{**GUIDANCE, "steps": 5})
+    batches = [(torch.rand(2, 3, 32, 32), torch.tensor([0, 1])) for _ in range(2)]
+    loader = CountingLoader(batches)
+    accuracy = guidance.fit_guide(loader, normalize=lambda images: images, device=torch.device("cpu"))
+    assert loader.served == 5 and bool(guidance.guide_trained)
+    assert accuracy in (0.0, 0.5, 1.0)  # over the last pass: one batch of two images
+    with pytest.raises(ValueError, match="the training loader gave no batches"):
+        LocalityGuidance(32, 3, num_classes=2, **GUIDANCE).fit_guide([], lambda x: x, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_guide_trains_the_same_whether_epochs_or_steps_end_the_run(tmp_path: Path, num_workers: int):
+    # experiment=scratch ends its run by steps; its test results were measured when epochs ended it
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 8, "dog": 8}, "val": {"cat": 2, "dog": 2}})
+    guides = []
+    for limits in ({"max_epochs": 2}, {"max_epochs": -1, "max_steps": 8}):  # 4 batches per epoch
+        L.seed_everything(0)
+        data = ImageFolderDataModule(str(root), batch_size=4, num_workers=num_workers, image_size=32)
+        module = ViTClassifier(
+            net=NET,
+            class_names=["cat", "dog"],
+            optimizer=torch.optim.AdamW,
+            scheduler=warmup_cosine,  # asks the trainer for the run's length, as the preset's does
+            locality_guidance={**GUIDANCE, "steps": 6},
+        )
+        trainer = L.Trainer(
+            **limits, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False
+        )
+        trainer.fit(module, datamodule=data)
+        assert trainer.global_step == 8
+        guides.append(module.locality_guidance.guide.state_dict())
+    assert all(torch.equal(guides[0][key], guides[1][key]) for key in guides[0])

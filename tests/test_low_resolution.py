@@ -1,4 +1,4 @@
-"""Low-resolution training epochs (vitlit.training.low_resolution.LowResolutionTraining)."""
+"""Low-resolution training steps (vitlit.training.low_resolution.LowResolutionTraining)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_head
 
 class RecordSizes(L.Callback):
     def __init__(self):
-        self.train, self.val = [], []
+        self.train, self.val, self.steps = [], [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.train.append((trainer.current_epoch, tuple(batch[0].shape[-2:])))
+        self.steps.append(tuple(batch[0].shape[-2:]))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self.val.append((trainer.current_epoch, tuple(batch[0].shape[-2:])))
@@ -51,9 +52,36 @@ def test_training_batches_are_small_for_the_first_epochs_and_full_size_after(tmp
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def test_a_step_budget_switches_to_full_size_at_its_fraction_mid_epoch(tmp_path: Path):
+    # trainer.max_steps ends the run (two steps per epoch here): the switch follows steps, not epochs
+    root = make_image_folder(tmp_path / "images", {"train": {"cat": 4, "dog": 4}, "val": {"cat": 1, "dog": 1}})
+    data = ImageFolderDataModule(root, batch_size=4, num_workers=0, image_size=32)
+    module = ViTClassifier(net=NET, class_names=["cat", "dog"], optimizer=lambda g: torch.optim.AdamW(g, lr=1e-3))
+    sizes = RecordSizes()
+    trainer = L.Trainer(
+        max_epochs=-1,
+        max_steps=5,
+        callbacks=[LowResolutionTraining(size=16, fraction=0.6), sizes],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 5
+    assert sizes.steps == [(16, 16)] * 3 + [(32, 32)] * 2
+
+
+def test_a_run_without_an_end_is_refused_with_the_keys_to_set():
+    trainer = type("Trainer", (), {"max_epochs": -1, "max_steps": -1})()
+    with pytest.raises(ValueError, match=r"set trainer\.max_epochs or trainer\.max_steps"):
+        LowResolutionTraining(size=16).on_fit_start(trainer, None)
+
+
 def test_resizing_keeps_the_batch_and_smooths_it():
     callback = LowResolutionTraining(size=8, fraction=1.0)
-    trainer = type("Trainer", (), {"current_epoch": 0, "max_epochs": 10})()
+    trainer = type("Trainer", (), {"global_step": 0, "estimated_stepping_batches": 10})()
     images = torch.zeros(2, 3, 32, 32)
     images[..., ::2, :] = 1.0  # stripes a plain subsampling would alias to all ones or all zeros
     labels = torch.tensor([0, 1])
@@ -61,7 +89,7 @@ def test_resizing_keeps_the_batch_and_smooths_it():
     callback.on_train_batch_start(trainer, None, batch, 0)
     assert batch[0].shape == (2, 3, 8, 8) and batch[1] is labels
     assert torch.allclose(batch[0], torch.full((2, 3, 8, 8), 0.5), atol=0.05)
-    trainer.current_epoch = 10
+    trainer.global_step = 10
     full = [images, labels]
     callback.on_train_batch_start(trainer, None, full, 0)
     assert full[0] is images
@@ -78,6 +106,6 @@ def test_impossible_settings_are_named(arguments, message):
 
 def test_a_size_that_is_not_a_multiple_of_the_patch_size_is_named():
     module = ViTClassifier(net=NET, class_names=["a", "b"])
-    trainer = type("Trainer", (), {"max_epochs": 10})()
+    trainer = type("Trainer", (), {"max_epochs": 10, "max_steps": -1})()
     with pytest.raises(ValueError, match=r"size=20 is not a multiple of the patch size 8; pick e\.g\. 16"):
         LowResolutionTraining(size=20).on_fit_start(trainer, module)

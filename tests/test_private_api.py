@@ -21,6 +21,7 @@ from vitlit.private_api import (
     is_compiled,
     job_return_value,
     mark_batch_dynamic,
+    set_up_training_data,
 )
 
 
@@ -107,3 +108,23 @@ def test_the_batch_progress_helpers_follow_the_training_loop(tmp_path: Path):
 
     _fit_boring_model(tmp_path, [Record()])
     assert seen == [(1, False), (2, False), (3, True)] * 2
+
+
+def test_set_up_training_data_builds_the_fit_loops_loader_when_steps_end_the_run(tmp_path: Path):
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    built = []
+
+    class Record(L.Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            built.append(trainer.train_dataloader is not None)
+            set_up_training_data(trainer)
+            built.append(trainer.train_dataloader is not None)
+
+    trainer = L.Trainer(
+        max_epochs=-1, max_steps=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[Record()],
+    )  # fmt: skip
+    trainer.fit(BoringModel())
+    assert built == [False, True] and trainer.global_step == 2

@@ -21,6 +21,8 @@ from vitlit.training.batch_mixing import batch_mixing
 from vitlit.training.module import ViTClassifier
 from vitlit.training.weight_averaging import ExponentialMovingAverage
 
+# The preset, shortened: one block, a guide trained for two steps, no workers or progress bar.
+QUICK = ["model.locality_guidance.steps=2", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
 SMALL_NET = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
 
 
@@ -136,17 +138,18 @@ def test_ema_weights_differ_from_live_weights_and_are_what_test_uses(tiny_config
 
 def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_final_weights(tmp_path: Path):
     root = make_image_folder(tmp_path / "images", {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 2}})
-    quick = ["trainer.max_epochs=1", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    quick = ["trainer.max_epochs=1", *QUICK]
     cfg = compose_config(["experiment=scratch", f"data.root={root}", *quick], output_dir=tmp_path / "run")
     assert (cfg.model.net.image_size, cfg.model.net.patch_size) == (224, 16) and cfg.data.image_size == 224
     assert (cfg.model.net.position_embedding, cfg.model.net.pooling) == ("sincos", "mean") and cfg.model.test_time_flip
     assert cfg.data.random_erasing == 0.25 and tuple(cfg.data.train_crop_scale) == (0.35, 1.0)
     assert list(cfg.data.eval_crop_fraction) == [0.75, 0.875] and cfg.data.cache
     preset = compose_config(["experiment=scratch"])
-    assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_epochs) == (4, 192, 400)
+    assert (preset.model.net.depth, preset.model.net.embed_dim, preset.trainer.max_steps) == (4, 192, 5600)
     assert preset.model.relative_localization_weight == 0
     assert preset.model.net.attention_init == "mimetic"
-    assert preset.model.locality_guidance == {"weight": 2.5, "epochs": 100, "size": 64}
+    assert preset.model.locality_guidance == {"weight": 2.5, "steps": 1400, "size": 64}
+    assert preset.trainer.max_epochs == -1  # the step budget alone ends the run
     assert cfg.data.val_fraction == 0 and cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint is None
     assert cfg.callbacks.ema._target_ == "vitlit.training.weight_averaging.ExponentialMovingAverage"
     assert cfg.callbacks.low_resolution._target_ == "vitlit.training.low_resolution.LowResolutionTraining"
@@ -159,7 +162,7 @@ def test_scratch_preset_trains_on_all_of_train_without_validation_and_tests_the_
 def test_scratch_preset_validates_on_a_part_of_train_when_asked(tmp_path: Path):
     root = make_image_folder(tmp_path / "images", {"train": {"cat": 5, "dog": 5}, "test": {"cat": 2, "dog": 2}})
     overrides = ["experiment=scratch", "data.val_fraction=0.2", "trainer.limit_val_batches=1.0", "test=false"]
-    quick = ["trainer.max_epochs=1", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    quick = ["trainer.max_epochs=1", *QUICK]
     metrics = train(compose_config([*overrides, f"data.root={root}", *quick], output_dir=tmp_path / "run"))
     assert "val/acc" in metrics and "test/acc" not in metrics
 
@@ -167,7 +170,7 @@ def test_scratch_preset_validates_on_a_part_of_train_when_asked(tmp_path: Path):
 def test_scratch_preset_runs_unchanged_on_two_classes_with_train_and_val_only(tmp_path: Path):
     # a user's own folder: no test/, two classes; the preset's low-resolution epochs and initialisation included
     root = make_image_folder(tmp_path / "images", {"train": {"cat": 6, "dog": 6}, "val": {"cat": 3, "dog": 3}})
-    quick = ["trainer.max_epochs=3", "model.net.depth=1", "data.num_workers=0", "callbacks.progress_bar=null"]
+    quick = ["trainer.max_epochs=3", *QUICK]
     cfg = compose_config(["experiment=scratch", "data=image_folder", f"data.root={root}", *quick], tmp_path / "run")
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" not in metrics

@@ -56,3 +56,10 @@ def batches_started_in_epoch(trainer: Any) -> int:
 def at_last_batch_of_epoch(trainer: Any) -> bool:
     """Whether the training batch the trainer last ran was its epoch's last."""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def set_up_training_data(trainer: Any) -> None:
+    """Have the fit loop build its training loader now, as ``trainer.estimated_stepping_batches`` does when
+    epochs end the run (with ``max_epochs=-1`` it returns ``max_steps`` and builds nothing)."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()

@@ -29,6 +29,7 @@ RECIPE = (
     ("weight decay", "model.optimizer.weight_decay"),
     ("batch size", "data.batch_size"),
     ("epochs", "trainer.max_epochs"),
+    ("steps", "trainer.max_steps"),
     ("label smoothing", "model.label_smoothing"),
     ("started from", "model.weights"),
     ("seed", "seed"),
@@ -72,6 +73,8 @@ def recipe_value(label: str, value: Any) -> Any:
     if label == "started from" and value is None:
         return "random initialisation (model.weights=null)"
     if value is None or (isinstance(value, str) and "${" in value):  # unset, or an unresolved interpolation
+        return MISSING
+    if label in ("epochs", "steps") and value == -1:  # no limit: the other one ends the run
         return MISSING
     return value.rsplit(".", 1)[-1] if label == "optimizer" else value
 

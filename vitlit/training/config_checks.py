@@ -158,11 +158,12 @@ VALUE_RANGES: dict[str, tuple[Any, str]] = {
     "model.layer_decay": (lambda v: v is None or 0 < v <= 1, "in (0, 1], or null"),
     "model.relative_localization_weight": (lambda v: v >= 0, ">= 0 (0 disables it)"),
     "model.locality_guidance.weight": (lambda v: v >= 0, ">= 0"),
-    "model.locality_guidance.epochs": (lambda v: v >= 1, "at least 1"),
+    "model.locality_guidance.steps": (lambda v: v >= 1, "at least 1"),
     "model.locality_guidance.size": (lambda v: v >= 8, "at least 8 (pixels)"),
     "model.locality_guidance.lr": (lambda v: v > 0, "above 0"),
     "data.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "trainer.max_epochs": (lambda v: v is None or v == -1 or v >= 1, "at least 1 (-1: no limit)"),
+    "trainer.max_steps": (lambda v: v is None or v == -1 or v >= 1, "at least 1 (-1: no limit)"),
     "trainer.accumulate_grad_batches": (lambda v: v >= 1, "at least 1"),
 }
 

@@ -1,6 +1,6 @@
-"""Train most epochs at a lower resolution, the last ones at full size (progressive resizing; FixRes, Touvron et
+"""Train most steps at a lower resolution, the last ones at full size (progressive resizing; FixRes, Touvron et
 al. 2019): a ViT's cost grows with its token count, so 128-pixel batches (64 tokens at patch 16) cost about a
-third of 224-pixel ones (196 tokens), and the final full-size epochs adapt the model to the size it is evaluated at.
+third of 224-pixel ones (196 tokens), and the final full-size steps adapt the model to the size it is evaluated at.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class LowResolutionTraining(L.Callback):
-    """Downsamples each training batch to ``size`` x ``size`` for the first ``fraction`` of ``trainer.max_epochs``.
+    """Downsamples each training batch to ``size`` x ``size`` for the first ``fraction`` of the run's optimizer
+    steps (``trainer.estimated_stepping_batches``: what ``trainer.max_epochs`` or ``trainer.max_steps`` allows).
 
     The data pipeline still crops and augments at full size; the batch is resized on the device after it is
     normalised (antialiased bilinear), just before the training step. Evaluation always sees full-size images.
@@ -31,9 +32,7 @@ class LowResolutionTraining(L.Callback):
             raise ValueError(f"LowResolutionTraining fraction must be in [0, 1], got {fraction!r}")
         self.size = size
         self.fraction = fraction
-
-    def low_resolution_epochs(self, trainer: L.Trainer) -> int:
-        return round(self.fraction * (trainer.max_epochs or 0))
+        self.low_resolution_steps: int | None = None  # known once the training data is set up
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         patch_size = getattr(getattr(pl_module, "model", None), "patch_size", 1)
@@ -42,16 +41,26 @@ class LowResolutionTraining(L.Callback):
                 f"LowResolutionTraining size={self.size} is not a multiple of the patch size {patch_size}; "
                 f"pick e.g. {self.size - self.size % patch_size or patch_size}"
             )
-        log.info(
-            "training at %dx%d for the first %d of %d epochs, then at full size",
-            self.size,
-            self.size,
-            self.low_resolution_epochs(trainer),
-            trainer.max_epochs,
-        )
+        if trainer.max_epochs in (None, -1) and trainer.max_steps in (None, -1):
+            raise ValueError(
+                "LowResolutionTraining trains a fraction of the run at low resolution, but the run has no end: "
+                "set trainer.max_epochs or trainer.max_steps"
+            )
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, index: int) -> None:
-        if trainer.current_epoch >= self.low_resolution_epochs(trainer):
+        if self.low_resolution_steps is None:
+            # Asked here, not in on_fit_start: there it would set up the training data before the module's own
+            # on_fit_start (e.g. the locality guide's training), and change what the random generators give it.
+            total = trainer.estimated_stepping_batches
+            self.low_resolution_steps = round(self.fraction * total)
+            log.info(
+                "training at %dx%d for the first %d of %d steps, then at full size",
+                self.size,
+                self.size,
+                self.low_resolution_steps,
+                total,
+            )
+        if trainer.global_step >= self.low_resolution_steps:
             return
         if not isinstance(batch, list):  # ViTClassifier.on_after_batch_transfer returns a list
             raise TypeError(f"LowResolutionTraining resizes list batches [images, labels], got {type(batch).__name__}")

@@ -21,7 +21,7 @@ from vitlit.models.locality_guidance import LocalityGuidance, block_outputs
 from vitlit.models.relative_localization import DenseRelativeLocalization
 from vitlit.models.vit import ViT
 from vitlit.models.weights import load_pretrained
-from vitlit.private_api import is_compiled, mark_batch_dynamic
+from vitlit.private_api import is_compiled, mark_batch_dynamic, set_up_training_data
 from vitlit.training.feature_cache import FeatureCache
 from vitlit.training.schedule import resumed_total_steps
 
@@ -59,7 +59,7 @@ class ViTClassifier(L.LightningModule):
         relative_localization_weight: weight of the dense relative localisation loss (Liu et al. 2021; see
             :mod:`vitlit.models.relative_localization`) added to the training loss; 0 disables it.
         locality_guidance: keyword arguments of :class:`vitlit.models.locality_guidance.LocalityGuidance` (all
-            but the ViT's width, depth and class count), e.g. ``{"weight": 2.5, "epochs": 100}``: a small CNN is
+            but the ViT's width, depth and class count), e.g. ``{"weight": 2.5, "steps": 1400}``: a small CNN is
             trained on the training batches when fitting starts, then some blocks' tokens imitate its features.
             ``None`` disables it.
 
@@ -227,6 +227,9 @@ class ViTClassifier(L.LightningModule):
                 "model.locality_guidance trains its guide on the data module's training batches: pass a "
                 "LightningDataModule to trainer.fit (datamodule=...), or set model.locality_guidance=null"
             )
+        # The random draws the guide's training makes must not depend on whether epochs or steps end the run:
+        # when epochs do, configure_optimizers has built the fit loop's training loader by now; build it in both.
+        set_up_training_data(trainer)
         if trainer.is_global_zero:
             guidance.fit_guide(
                 trainer.datamodule.train_dataloader(),
