@@ -74,7 +74,7 @@ def test_a_step_budget_switches_to_full_size_at_its_fraction_mid_epoch(tmp_path:
 
 
 def test_a_run_without_an_end_is_refused_with_the_keys_to_set():
-    trainer = type("Trainer", (), {"max_epochs": -1, "max_steps": -1})()
+    trainer = type("Trainer", (), {"estimated_stepping_batches": float("inf")})()
     with pytest.raises(ValueError, match=r"set trainer\.max_epochs or trainer\.max_steps"):
         LowResolutionTraining(size=16).on_fit_start(trainer, None)
 
@@ -82,6 +82,7 @@ def test_a_run_without_an_end_is_refused_with_the_keys_to_set():
 def test_resizing_keeps_the_batch_and_smooths_it():
     callback = LowResolutionTraining(size=8, fraction=1.0)
     trainer = type("Trainer", (), {"global_step": 0, "estimated_stepping_batches": 10})()
+    callback.on_fit_start(trainer, None)
     images = torch.zeros(2, 3, 32, 32)
     images[..., ::2, :] = 1.0  # stripes a plain subsampling would alias to all ones or all zeros
     labels = torch.tensor([0, 1])
@@ -106,6 +107,6 @@ def test_impossible_settings_are_named(arguments, message):
 
 def test_a_size_that_is_not_a_multiple_of_the_patch_size_is_named():
     module = ViTClassifier(net=NET, class_names=["a", "b"])
-    trainer = type("Trainer", (), {"max_epochs": 10, "max_steps": -1})()
+    trainer = type("Trainer", (), {"estimated_stepping_batches": 10})()
     with pytest.raises(ValueError, match=r"size=20 is not a multiple of the patch size 8; pick e\.g\. 16"):
         LowResolutionTraining(size=20).on_fit_start(trainer, module)

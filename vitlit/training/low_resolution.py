@@ -6,6 +6,7 @@ third of 224-pixel ones (196 tokens), and the final full-size steps adapt the mo
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -32,7 +33,7 @@ class LowResolutionTraining(L.Callback):
             raise ValueError(f"LowResolutionTraining fraction must be in [0, 1], got {fraction!r}")
         self.size = size
         self.fraction = fraction
-        self.low_resolution_steps: int | None = None  # known once the training data is set up
+        self.low_resolution_steps = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         patch_size = getattr(getattr(pl_module, "model", None), "patch_size", 1)
@@ -41,25 +42,22 @@ class LowResolutionTraining(L.Callback):
                 f"LowResolutionTraining size={self.size} is not a multiple of the patch size {patch_size}; "
                 f"pick e.g. {self.size - self.size % patch_size or patch_size}"
             )
-        if trainer.max_epochs in (None, -1) and trainer.max_steps in (None, -1):
+        total = trainer.estimated_stepping_batches
+        if math.isinf(total):
             raise ValueError(
                 "LowResolutionTraining trains a fraction of the run at low resolution, but the run has no end: "
                 "set trainer.max_epochs or trainer.max_steps"
             )
+        self.low_resolution_steps = round(self.fraction * total)
+        log.info(
+            "training at %dx%d for the first %d of %d steps, then at full size",
+            self.size,
+            self.size,
+            self.low_resolution_steps,
+            total,
+        )
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, index: int) -> None:
-        if self.low_resolution_steps is None:
-            # Asked here, not in on_fit_start: there it would set up the training data before the module's own
-            # on_fit_start (e.g. the locality guide's training), and change what the random generators give it.
-            total = trainer.estimated_stepping_batches
-            self.low_resolution_steps = round(self.fraction * total)
-            log.info(
-                "training at %dx%d for the first %d of %d steps, then at full size",
-                self.size,
-                self.size,
-                self.low_resolution_steps,
-                total,
-            )
         if trainer.global_step >= self.low_resolution_steps:
             return
         if not isinstance(batch, list):  # ViTClassifier.on_after_batch_transfer returns a list
