@@ -14,6 +14,7 @@ from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.inference.checkpoint import network_from_checkpoint, read_checkpoint
 from vitlit.models.locality_guidance import GuideCNN, LocalityGuidance, block_outputs
 from vitlit.models.vit import ViT
+from vitlit.training.checkpoints import classifier_from_checkpoint
 from vitlit.training.module import ViTClassifier
 from vitlit.training.schedule import warmup_cosine
 
@@ -87,6 +88,12 @@ def test_the_guide_is_trained_first_then_frozen_and_the_vit_learns_with_it(tmp_p
     assert not any("guid" in key or "projection" in key for key in network.state_dict())
     trained = module.model.state_dict()
     assert all(torch.equal(value, trained[key]) for key, value in network.state_dict().items())
+    # A checkpoint written when the guide's budget was `epochs` (before 43ecd66) still loads whole.
+    old = {**checkpoint, "hyper_parameters": dict(checkpoint["hyper_parameters"])}
+    old["hyper_parameters"]["locality_guidance"] = {**GUIDANCE, "steps": None, "epochs": 100}
+    del old["hyper_parameters"]["locality_guidance"]["steps"]
+    loaded = classifier_from_checkpoint(old)
+    assert torch.equal(loaded.locality_guidance.guide.entry[0].weight, guidance.guide.entry[0].weight)
 
     # Resuming does not train the guide again: it comes back from the checkpoint.
     trained_guide = guidance.guide.entry[0].weight.detach().clone()
