@@ -12,6 +12,7 @@ from conftest import make_image_folder
 
 from vitlit.data.datamodule import ImageFolderDataModule
 from vitlit.inference.checkpoint import network_from_checkpoint, read_checkpoint
+from vitlit.inference.compat import upgrade_checkpoint
 from vitlit.models.locality_guidance import GuideCNN, LocalityGuidance, block_outputs
 from vitlit.models.vit import ViT
 from vitlit.training.checkpoints import classifier_from_checkpoint
@@ -92,7 +93,7 @@ def test_the_guide_is_trained_first_then_frozen_and_the_vit_learns_with_it(tmp_p
     old = {**checkpoint, "hyper_parameters": dict(checkpoint["hyper_parameters"])}
     old["hyper_parameters"]["locality_guidance"] = {**GUIDANCE, "steps": None, "epochs": 100}
     del old["hyper_parameters"]["locality_guidance"]["steps"]
-    loaded = classifier_from_checkpoint(old)
+    loaded = classifier_from_checkpoint(upgrade_checkpoint(old))  # what read_checkpoint does
     assert torch.equal(loaded.locality_guidance.guide.entry[0].weight, guidance.guide.entry[0].weight)
 
     # Resuming does not train the guide again: it comes back from the checkpoint.

@@ -75,6 +75,9 @@ def upgrade_module_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     if not hparams.get("relative_localization_weight"):
         hparams.pop("relative_localization_pairs", None)  # unused without the loss
     _drop_removed("model", hparams)
+    guidance = hparams.get("locality_guidance")
+    if guidance and "epochs" in guidance:  # epochs until 43ecd66, now steps; the guide is trained already
+        hparams["locality_guidance"] = {key: value for key, value in guidance.items() if key != "epochs"}
     for option in MOVED_TRAINING_ONLY:
         hparams.pop(option, None)
     net = upgrade_net(hparams.get("net", {}))

@@ -19,11 +19,7 @@ log = logging.getLogger(__name__)
 
 def classifier_from_checkpoint(checkpoint: Mapping[str, Any]) -> ViTClassifier:
     """The trained :class:`ViTClassifier` (any model size), in eval mode on the CPU."""
-    hparams = dict(checkpoint["hyper_parameters"])
-    guidance = hparams.get("locality_guidance")
-    if guidance and "epochs" in guidance:  # written before 43ecd66, which counts steps; its guide is trained already
-        hparams["locality_guidance"] = {key: value for key, value in guidance.items() if key != "epochs"}
-    module = ViTClassifier(**hparams)
+    module = ViTClassifier(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()
 
